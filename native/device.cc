@@ -1,0 +1,109 @@
+#include "device.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+std::string device_start(struct device *d)
+{
+	struct device_ctx *ctx = &d->ctx;
+	std::string path = "/dev/ublkc" + std::to_string(ctx->dev_id);
+	ctx->ublkc_fd = -1;
+	/* The node appears through devtmpfs right after ADD_DEV; give udev-less systems a moment. */
+	for (int i = 0; i < 300 && ctx->ublkc_fd < 0; i++) {
+		ctx->ublkc_fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+		if (ctx->ublkc_fd < 0 && errno != ENOENT)
+			break;
+		if (ctx->ublkc_fd < 0)
+			usleep(10000);
+	}
+	if (ctx->ublkc_fd < 0)
+		return "open " + path + ": " + strerror(errno);
+
+	int ret = ctx->tgt.ops->init(&ctx->tgt);
+	if (ret < 0)
+		return std::string("target ") + ctx->tgt.ops->name + ": " + strerror(-ret);
+	d->target_ready = true;
+
+	size_t page = sysconf(_SC_PAGESIZE);
+	d->map_len = ((size_t)ctx->depth * sizeof(struct ublksrv_io_desc) + page - 1) / page * page;
+	for (uint16_t q = 0; q < ctx->nr_queues; q++) {
+		off_t off = (off_t)q * UBLK_DESC_AREA_STRIDE(page);
+		void *p = mmap(nullptr, d->map_len, PROT_READ, MAP_SHARED | MAP_POPULATE, ctx->ublkc_fd, off);
+		if (p == MAP_FAILED)
+			return "mmap of queue " + std::to_string(q) + " descriptors: " + strerror(errno);
+		d->maps.push_back(p);
+	}
+
+	for (uint16_t q = 0; q < ctx->nr_queues; q++) {
+		auto qu = std::make_unique<struct queue>();
+		qu->dev = ctx;
+		qu->q_id = q;
+		qu->descs = static_cast<const struct ublksrv_io_desc *>(d->maps[q]);
+		qu->ring_ready = false;
+		qu->nr_dead = 0;
+		qu->nr_serving = 0;
+		qu->wake_fd = eventfd(0, EFD_CLOEXEC); /* owned by the device: closed in device_close */
+		if (qu->wake_fd < 0)
+			return std::string("eventfd: ") + strerror(errno);
+		qu->force_stop = false;
+		qu->stats = {};
+		d->queues.push_back(std::move(qu));
+	}
+	for (auto &qu : d->queues) {
+		struct queue *q = qu.get();
+		q->thread = std::thread([q, d] {
+			queue_run(q, [d] {
+				std::lock_guard<std::mutex> g(d->lock);
+				d->nr_ready++;
+				d->cond.notify_all();
+			});
+		});
+	}
+	std::unique_lock<std::mutex> g(d->lock);
+	d->cond.wait(g, [d] { return d->nr_ready == d->queues.size(); });
+	for (auto &qu : d->queues)
+		if (!qu->error.empty())
+			return "queue " + std::to_string(qu->q_id) + ": " + qu->error;
+	return "";
+}
+
+void device_force_stop(struct device *d)
+{
+	for (auto &qu : d->queues) {
+		qu->force_stop = true;
+		if (qu->wake_fd >= 0) {
+			uint64_t one = 1;
+			(void)!write(qu->wake_fd, &one, sizeof(one));
+		}
+	}
+}
+
+void device_join(struct device *d)
+{
+	for (auto &qu : d->queues)
+		if (qu->thread.joinable())
+			qu->thread.join();
+}
+
+void device_close(struct device *d)
+{
+	device_force_stop(d);
+	device_join(d);
+	for (void *p : d->maps)
+		munmap(p, d->map_len);
+	d->maps.clear();
+	for (auto &qu : d->queues)
+		if (qu->wake_fd >= 0)
+			close(qu->wake_fd);
+	d->queues.clear();
+	if (d->target_ready && d->ctx.tgt.ops->deinit)
+		d->ctx.tgt.ops->deinit(&d->ctx.tgt);
+	d->target_ready = false;
+	if (d->ctx.ublkc_fd >= 0)
+		close(d->ctx.ublkc_fd);
+	d->ctx.ublkc_fd = -1;
+}

@@ -1,0 +1,32 @@
+// The background server process `ublk-ts add` starts. It brings the device up itself (the char device,
+// its mappings and the rings must belong to the process that serves them), reports one JSON line on fd 3,
+// then serves until SIGTERM/SIGINT or until the kernel stops the device.
+import fs from 'node:fs';
+import { Server, serveUntilStopped, type ServeOptions } from './server.js';
+
+function report(msg: object): void {
+  try {
+    fs.writeSync(3, JSON.stringify(msg) + '\n');
+    fs.closeSync(3);
+  } catch {
+    // The parent may be gone; the log still has the story.
+  }
+}
+
+async function main(): Promise<void> {
+  const opts = JSON.parse(process.argv[2]) as ServeOptions;
+  const log = (line: string) => console.log(`${new Date().toISOString()} ${line}`);
+  let server: Server;
+  try {
+    server = await Server.start(opts);
+  } catch (e) {
+    report({ ok: false, error: (e as Error).message });
+    log(`failed: ${(e as Error).message}`);
+    process.exit(1);
+  }
+  log(`serving ${server.record.blockDevice} (${server.record.target}, ${server.record.mode})`);
+  report({ ok: true, record: server.record });
+  await serveUntilStopped(server, log);
+}
+
+void main();

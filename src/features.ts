@@ -1,0 +1,55 @@
+// Feature flags by name, and which data mode a kernel allows.
+import { addon, type DataMode } from './native.js';
+import { explain, UserError } from './errors.js';
+
+const F = addon.abi.flags;
+
+export function flagNames(flags: bigint): string[] {
+  return Object.entries(F)
+    .filter(([, bit]) => (flags & bit) !== 0n)
+    .map(([name]) => name);
+}
+
+/** The flags ADD_DEV must request (and get back) for each data mode. */
+export function modeFlags(mode: DataMode): bigint {
+  switch (mode) {
+    case 'auto-lease':
+      // SUPPORT_ZERO_COPY too: a request the driver could not lease is leased by hand (fallback).
+      return F.AUTO_BUF_REG | F.SUPPORT_ZERO_COPY;
+    case 'lease':
+      return F.SUPPORT_ZERO_COPY;
+    case 'user-copy':
+      return F.USER_COPY;
+    case 'copy':
+      return 0n;
+  }
+}
+
+export const DATA_MODES: readonly DataMode[] = ['auto-lease', 'lease', 'user-copy', 'copy'];
+
+export function allowedModes(features: bigint): DataMode[] {
+  return DATA_MODES.filter((m) => (features & modeFlags(m)) === modeFlags(m));
+}
+
+/**
+ * Picks the data mode: the forced one if the kernel has it, else the best the kernel has. A target that
+ * moves no data prefers the mode in which the kernel does nothing per request.
+ */
+export function chooseMode(requested: DataMode | 'auto', features: bigint, movesData = true): DataMode {
+  const allowed = allowedModes(features);
+  if (requested !== 'auto') {
+    if (!allowed.includes(requested))
+      throw new UserError(`data mode ${requested} is not supported by this kernel (it allows: ${allowed.join(', ')})`);
+    return requested;
+  }
+  if (!movesData && allowed.includes('user-copy')) return 'user-copy';
+  return allowed[0] ?? 'copy';
+}
+
+export async function getFeatures(): Promise<bigint> {
+  try {
+    return await addon.getFeatures();
+  } catch (e) {
+    throw explain(e);
+  }
+}

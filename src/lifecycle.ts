@@ -1,0 +1,138 @@
+// add, del and list as the CLI and the public API see them.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { addon } from './native.js';
+import { explain, isKernelError, UserError } from './errors.js';
+import { removeFromKernel, Server, type ServeOptions } from './server.js';
+import { processAlive, readRecord, readRecords, removeRecord, stateDir, type DeviceRecord } from './state.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Starts a background server for the device; resolves with its record once /dev/ublkbN serves IO. */
+export async function addDevice(o: Omit<ServeOptions, 'log'>, timeoutMs = 120_000): Promise<DeviceRecord> {
+  fs.mkdirSync(stateDir(), { recursive: true });
+  const log = path.join(stateDir(), `server-${Date.now()}-${process.pid}.log`);
+  const out = fs.openSync(log, 'a');
+  const child = spawn(process.execPath, [path.join(here, 'daemon.js'), JSON.stringify({ ...o, log })], {
+    detached: true,
+    stdio: ['ignore', out, out, 'pipe'],
+  });
+  fs.closeSync(out);
+  const pipe = child.stdio[3] as NodeJS.ReadableStream;
+  const line = await new Promise<string>((resolve, reject) => {
+    let buf = '';
+    const timer = setTimeout(() => reject(new Error(`server did not come up within ${timeoutMs / 1000}s (log: ${log})`)), timeoutMs);
+    pipe.on('data', (d: Buffer) => {
+      buf += d.toString();
+      if (buf.includes('\n')) {
+        clearTimeout(timer);
+        resolve(buf.slice(0, buf.indexOf('\n')));
+      }
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      if (!buf.includes('\n')) reject(new Error(`server exited (${code}) before reporting (log: ${log})`));
+    });
+  });
+  const msg = JSON.parse(line) as { ok: boolean; error?: string; record?: DeviceRecord };
+  child.unref();
+  (pipe as unknown as { destroy(): void }).destroy();
+  if (!msg.ok || !msg.record) {
+    fs.rmSync(log, { force: true });
+    throw new UserError(msg.error ?? 'server failed');
+  }
+  return msg.record;
+}
+
+/** Runs the server in this process (add --foreground). */
+export async function startForeground(o: ServeOptions): Promise<Server> {
+  return Server.start(o);
+}
+
+/** Ids of every ublk device the kernel knows, from sysfs. */
+export function kernelDeviceIds(): number[] {
+  try {
+    return fs
+      .readdirSync('/sys/class/ublk-char')
+      .map((n) => /^ublkc(\d+)$/.exec(n))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => Number(m[1]))
+      .sort((a, b) => a - b);
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Stops and deletes a device: asks its server to stop (SIGTERM) and waits for it; a device whose server is
+ * gone is stopped and deleted here. Bounded: never waits forever on a stuck server.
+ */
+export async function deleteDevice(id: number, timeoutMs = 10_000): Promise<void> {
+  const rec = readRecord(id);
+  if (rec && processAlive(rec.pid)) {
+    process.kill(rec.pid, 'SIGTERM');
+    const end = Date.now() + timeoutMs;
+    while (processAlive(rec.pid) && Date.now() < end) await sleep(50);
+    if (processAlive(rec.pid)) process.kill(rec.pid, 'SIGKILL');
+  }
+  removeRecord(id);
+  try {
+    await addon.getDevInfo(id);
+  } catch (e) {
+    if (isKernelError(e) && e.code === 'ENODEV') return; // the server deleted it
+    throw explain(e);
+  }
+  // No server (crashed, or killed above): the kernel keeps the id until someone deletes it.
+  await removeFromKernel(id).catch((e: unknown) => {
+    throw explain(e);
+  });
+}
+
+export const STATE_NAMES = ['dead', 'live', 'quiesced', 'fail-io'];
+
+export interface ListedDevice {
+  id: number;
+  state: string;
+  queues: number;
+  depth: number;
+  size: number;
+  pid: number;
+  target?: string;
+  mode?: string;
+  blockDevice: string;
+  info?: Record<string, string | number | boolean>;
+}
+
+export async function listDevices(): Promise<ListedDevice[]> {
+  const ids = new Set([...kernelDeviceIds(), ...readRecords().map((r) => r.id)]);
+  const out: ListedDevice[] = [];
+  for (const id of [...ids].sort((a, b) => a - b)) {
+    const rec = readRecord(id);
+    try {
+      const info = await addon.getDevInfo(id);
+      const params = await addon.getParams(id).catch(() => undefined);
+      out.push({
+        id,
+        state: STATE_NAMES[info.state] ?? String(info.state),
+        queues: info.nrHwQueues,
+        depth: info.queueDepth,
+        size: params ? params.devSectors * 512 : 0,
+        pid: info.ublksrvPid,
+        target: rec?.target,
+        mode: rec?.mode,
+        blockDevice: `/dev/ublkb${id}`,
+        info: rec?.info,
+      });
+    } catch (e) {
+      if (isKernelError(e) && e.code === 'ENODEV') {
+        removeRecord(id); // a record whose device is gone is stale
+        continue;
+      }
+      throw explain(e);
+    }
+  }
+  return out;
+}

@@ -1,0 +1,30 @@
+// What a target folder (targets/<name>/index.ts) exports: its options, validation, and how to open it.
+import type { Options } from 'yargs';
+import type { Params } from './native.js';
+
+/** What an opened target hands to the engine. */
+export interface OpenedTarget {
+  /** Device size in bytes. */
+  size: number;
+  /** Backend fds, registered as fixed files 1..n for the native members. */
+  fds: number[];
+  /** Numeric options for the native side. */
+  options?: Record<string, number>;
+  /** Parameters beyond size and max_sectors (block sizes, discard, cache attributes). */
+  params: Omit<Params, 'devSectors' | 'maxSectors'>;
+  /** Shown by `list`, kept in the device's state record. */
+  info: Record<string, string | number | boolean>;
+  /** Releases what open() made. */
+  close(): void;
+}
+
+export interface TargetSpec {
+  name: string;
+  describe: string;
+  /** Command-line options of `add --target <name>`. */
+  options: Record<string, Options>;
+  /** False for targets that never touch request data: they need neither a lease nor a copy. */
+  movesData: boolean;
+  /** Validates the options and opens the backend; throws a UserError with one line on bad input. */
+  open(opts: Record<string, unknown>): Promise<OpenedTarget>;
+}

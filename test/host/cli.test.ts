@@ -1,0 +1,51 @@
+// The CLI on this host: parsing, help, and the one-line refusal where the kernel has no ublk driver.
+import { execFileSync, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { parseSize } from '../../src/size.js';
+
+const cli = (...args: string[]) => spawnSync(process.execPath, ['dist/src/cli.js', ...args], { encoding: 'utf8' });
+const hasDriver = fs.existsSync('/dev/ublk-control');
+
+describe('sizes', () => {
+  it('parses units', () => {
+    expect(parseSize('4096')).toBe(4096);
+    expect(parseSize('64M')).toBe(64 << 20);
+    expect(parseSize('2g')).toBe(2 ** 31);
+    expect(parseSize('1GiB')).toBe(2 ** 30);
+  });
+  it('refuses nonsense with one line', () => {
+    expect(() => parseSize('ten gigs')).toThrow(/bad size/);
+  });
+});
+
+describe('cli', () => {
+  it('has help for each verb', () => {
+    for (const verb of ['features', 'list', 'add', 'del']) {
+      const out = execFileSync(process.execPath, ['dist/src/cli.js', verb, '--help'], { encoding: 'utf8' });
+      expect(out).toContain(`ublk-ts ${verb}`);
+    }
+  });
+  it('lists the targets found in targets/', () => {
+    const out = execFileSync(process.execPath, ['dist/src/cli.js', 'add', '--help'], { encoding: 'utf8' });
+    expect(out).toMatch(/choices: "file", "null"/);
+  });
+  it('rejects an unknown data mode before touching the kernel', () => {
+    const r = cli('add', '--target', 'null', '--data-mode', 'telepathy');
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/Invalid values|choices/i);
+  });
+  it('del needs -n or --all', () => {
+    const r = cli('del');
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim().split('\n').at(-1)).toMatch(/give either -n N or --all/);
+  });
+  it.runIf(!hasDriver)('says in one line that the driver is missing', () => {
+    for (const verb of [['features'], ['list'], ['add', '--target', 'null'], ['del', '--all']]) {
+      const r = cli(...verb);
+      expect(r.status).toBe(1);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(/ublk_drv.*CONFIG_BLK_DEV_UBLK.*npm run vm/);
+    }
+  });
+});
