@@ -82,8 +82,9 @@ export async function deleteDevice(id: number, timeoutMs = 10_000): Promise<void
   try {
     await addon.getDevInfo(id);
   } catch (e) {
-    if (isKernelError(e) && e.code === 'ENODEV') return; // the server deleted it
-    throw explain(e);
+    if (!(isKernelError(e) && e.code === 'ENODEV')) throw explain(e);
+    if (rec) return; // its server deleted it
+    throw new UserError(`no ublk device ${id}`);
   }
   // No server (crashed, or killed above): the kernel keeps the id until someone deletes it.
   await removeFromKernel(id).catch((e: unknown) => {

@@ -141,7 +141,10 @@ export async function removeFromKernel(id: number): Promise<void> {
 
 /** Serves until a signal or until the kernel stops the device, then tears down and exits. */
 export async function serveUntilStopped(server: Server, log: (line: string) => void): Promise<void> {
+  let stopping = false;
   const stop = (why: string) => {
+    if (stopping) return;
+    stopping = true;
     log(`stopping: ${why}`);
     void server.stop().then(() => {
       log('stopped');

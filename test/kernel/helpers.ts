@@ -1,0 +1,56 @@
+// Shared by the kernel suite: run the CLI and shell tools, and leave no device behind.
+import { execFileSync, spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+
+export const CLI = path.resolve('dist/src/cli.js');
+
+export function cli(...args: string[]): SpawnSyncReturns<string> {
+  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 300_000 });
+}
+
+/** Runs the CLI and parses its --json output; throws with stderr on failure. */
+export function cliJson<T>(...args: string[]): T {
+  const r = cli(...args, '--json');
+  if (r.status !== 0) throw new Error(`ublk-ts ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
+}
+
+export function sh(cmd: string, timeout = 900_000): string {
+  return execFileSync('bash', ['-c', cmd], { encoding: 'utf8', timeout, maxBuffer: 64 << 20 });
+}
+
+export function ublkDevices(): string[] {
+  return fs.existsSync('/sys/class/ublk-char') ? fs.readdirSync('/sys/class/ublk-char') : [];
+}
+
+export function serverPids(): number[] {
+  const out = spawnSync('pgrep', ['-f', 'dist/src/daemon.js'], { encoding: 'utf8' });
+  return out.stdout.split('\n').filter(Boolean).map(Number);
+}
+
+/** Scratch space on the guest's tmpfs. */
+export function scratch(name: string): string {
+  const dir = path.join('/tmp', 'ublk-ts-test', name);
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+export function delAll(): void {
+  sh('mountpoint -q /tmp/ublk-mnt && umount /tmp/ublk-mnt || true');
+  cli('del', '--all');
+}
+
+export interface AddedDevice {
+  id: number;
+  blockDevice: string;
+  mode: string;
+  pid: number;
+  queues: number;
+  depth: number;
+  size: number;
+  info: Record<string, string | number | boolean>;
+}
+
+export const DATA_MODES = ['auto-lease', 'lease', 'user-copy', 'copy'] as const;

@@ -1,0 +1,85 @@
+// Lifecycle on the real driver: discard reaches the backing file, del under load, bad input, signals.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { cli, cliJson, delAll, scratch, serverPids, sh, ublkDevices, type AddedDevice } from './helpers.js';
+
+afterEach(delAll);
+
+const allocatedBytes = (file: string) => fs.statSync(file).blocks * 512;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('discard', () => {
+  it('punches holes in the backing file', () => {
+    const img = path.join(scratch('discard'), 'disk.img');
+    const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', img, '--size', '256M', '--queues', '1');
+    sh(`dd if=/dev/urandom of=${dev.blockDevice} bs=1M count=64 oflag=direct status=none`);
+    const full = allocatedBytes(img);
+    expect(full).toBeGreaterThanOrEqual(64 << 20);
+    sh(`blkdiscard ${dev.blockDevice}`);
+    expect(allocatedBytes(img)).toBeLessThan(full / 8);
+    // And the discarded range reads back as zeroes.
+    expect(sh(`cmp -n ${32 << 20} ${dev.blockDevice} /dev/zero && echo same`)).toContain('same');
+  });
+});
+
+describe('delete under load', () => {
+  it('del returns within 5 s while fio runs; fio sees errors, nothing is left', async () => {
+    const img = path.join(scratch('del-load'), 'disk.img');
+    const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', img, '--size', '512M', '--queues', '2');
+    const fio = spawn('fio', ['--name=load', `--filename=${dev.blockDevice}`, '--ioengine=io_uring', '--direct=1', '--rw=randrw',
+      '--bs=4k', '--iodepth=64', '--time_based', '--runtime=120', '--output-format=terse'], { stdio: 'ignore' });
+    const fioExit = new Promise<number | null>((r) => fio.on('exit', (code) => r(code)));
+    await sleep(4000);
+    const t0 = Date.now();
+    const del = cli('del', '-n', String(dev.id));
+    const took = Date.now() - t0;
+    expect(del.status).toBe(0);
+    expect(took).toBeLessThan(5000);
+    const code = await Promise.race([fioExit, sleep(30_000).then(() => 'hung' as const)]);
+    expect(code).not.toBe('hung');
+    expect(code).not.toBe(0); // fio saw IO errors, it did not pretend to finish
+    await sleep(500);
+    expect(ublkDevices()).toEqual([]);
+    expect(serverPids()).toEqual([]);
+  });
+
+  it('SIGTERM to the server stops and deletes the device', async () => {
+    const dev = cliJson<AddedDevice>('add', '--target', 'null', '--size', '1G', '--queues', '1');
+    process.kill(dev.pid, 'SIGTERM');
+    for (let i = 0; i < 100 && serverPids().includes(dev.pid); i++) await sleep(100);
+    expect(serverPids()).not.toContain(dev.pid);
+    expect(ublkDevices()).not.toContain(`ublkc${dev.id}`);
+    expect(cliJson<unknown[]>('list')).toEqual([]);
+  });
+});
+
+describe('bad input', () => {
+  const oneLine = (r: { status: number | null; stderr: string }) => {
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    return r.stderr;
+  };
+  it('refuses a missing backing file without making a device', () => {
+    expect(oneLine(cli('add', '--target', 'file', '--file', '/tmp/nope/disk.img'))).toMatch(/does not exist/);
+    expect(ublkDevices()).toEqual([]);
+  });
+  it('refuses bad sizes, block sizes, queues and depths', () => {
+    const img = path.join(scratch('bad'), 'disk.img');
+    expect(oneLine(cli('add', '--target', 'file', '--file', img, '--size', 'lots'))).toMatch(/bad size/);
+    expect(oneLine(cli('add', '--target', 'file', '--file', img, '--size', '1M', '--logical-block-size', '1000'))).toMatch(/512 or 4096/);
+    expect(oneLine(cli('add', '--target', 'null', '--queues', '0'))).toMatch(/--queues/);
+    expect(oneLine(cli('add', '--target', 'null', '--depth', '9999'))).toMatch(/--depth/);
+    expect(ublkDevices()).toEqual([]);
+  });
+  it('refuses an id already in use and leaves the first device alone', () => {
+    const a = cliJson<AddedDevice>('add', '--target', 'null', '--number', '7', '--queues', '1');
+    expect(oneLine(cli('add', '--target', 'null', '--number', '7', '--queues', '1'))).toMatch(/EEXIST/);
+    expect(sh(`dd if=${a.blockDevice} of=/dev/null bs=4k count=16 iflag=direct status=none && echo ok`)).toContain('ok');
+    expect(ublkDevices()).toEqual(['ublkc7']);
+  });
+  it('del of an unknown device says so', () => {
+    expect(oneLine(cli('del', '-n', '4242'))).toMatch(/4242|ENODEV|no such/i);
+  });
+});

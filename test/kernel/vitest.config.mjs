@@ -1,0 +1,14 @@
+// The kernel suite: runs inside the VM on the real ublk driver (scripts/kernel-tests.sh copies this file
+// to /tmp first, because the project tree is read-only in the guest).
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  cacheDir: '/tmp/vite-cache',
+  test: {
+    include: ['test/kernel/**/*.test.ts'],
+    testTimeout: 900_000,
+    hookTimeout: 300_000,
+    fileParallelism: false,
+    reporters: ['verbose'],
+  },
+});
