@@ -9,7 +9,7 @@ const clock = process.argv[3] ?? 'wall';
 const out = process.argv[2];
 const runtime = process.env.BENCH_RUNTIME ?? '8';
 const sh = (cmd) => execFileSync('bash', ['-c', cmd], { encoding: 'utf8', maxBuffer: 64 << 20 }).trim();
-const ublk = (...args) => JSON.parse(execFileSync(process.execPath, ['dist/src/cli.js', ...args, '--json'], { encoding: 'utf8' }));
+const ublk = (...args) => JSON.parse(execFileSync(process.execPath, ['dist/ublk-ts.mjs', ...args, '--json'], { encoding: 'utf8' }));
 
 const JOBS = [
   { name: '4k randread', args: '--rw=randread --bs=4k --iodepth=64', unit: 'iops' },

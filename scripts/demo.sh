@@ -10,7 +10,7 @@ if [ ! -e /dev/ublk-control ]; then
   echo "demo: this kernel has no ublk driver; running in the VM (scripts/vm-run)"
   exec scripts/vm-run -- scripts/demo.sh
 fi
-ublk() { node dist/src/cli.js "$@"; }
+ublk() { node dist/ublk-ts.mjs "$@"; }
 step() { printf '\n== %s\n' "$*"; }
 work=$(mktemp -d /tmp/ublk-ts-demo.XXXXXX)
 mnt="$work/mnt"

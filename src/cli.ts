@@ -2,9 +2,8 @@
 // ublk-ts: the command line.
 import yargs, { type Argv, type Options } from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { allowedModes, chooseMode, flagNames, getFeatures, DATA_MODES } from './features.js';
-import { addDevice, deleteDevice, listDevices, startForeground, kernelDeviceIds } from './lifecycle.js';
-import { serveUntilStopped } from './server.js';
+import { allowedModes, chooseMode, flagNames, getFeatures, requireDriver, DATA_MODES } from './features.js';
+import { deleteDevice, listDevices, kernelDeviceIds } from './lifecycle.js';
 import { loadAllTargets } from './targets.js';
 import { formatSize } from './size.js';
 import { UserError } from './errors.js';
@@ -15,7 +14,9 @@ function print(json: boolean, value: unknown, text: () => string): void {
 }
 
 async function main(): Promise<void> {
-  const targets = await loadAllTargets();
+  // Target modules are loaded only for `add`: every other verb starts faster without them (it matters
+  // under emulation, where `del` must answer while the device is busy).
+  const targets = hideBin(process.argv).includes('add') ? await loadAllTargets() : [];
   const cli = yargs(hideBin(process.argv))
     .scriptName('ublk-ts')
     .strict()
@@ -90,7 +91,9 @@ async function main(): Promise<void> {
           depth: a.depth as number,
           mode: a['data-mode'] as DataMode | 'auto',
         };
+        const { addDevice, startForeground } = await import('./lifecycle.js');
         if (a.foreground) {
+          const { serveUntilStopped } = await import('./server.js');
           const server = await startForeground({ ...o, log: '-' });
           print(a.json as boolean, server.record, () => server.record.blockDevice);
           await serveUntilStopped(server, (l) => console.error(l));
@@ -112,7 +115,7 @@ async function main(): Promise<void> {
             return true;
           }),
       async (a) => {
-        await getFeatures();
+        requireDriver();
         const ids = a.all ? kernelDeviceIds() : [a.number as number];
         for (const id of ids) await deleteDevice(id);
         print(a.json as boolean, { deleted: ids }, () => (ids.length ? ids.map((i) => `deleted /dev/ublkb${i}`).join('\n') : 'no devices'));

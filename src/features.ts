@@ -1,17 +1,17 @@
 // Feature flags by name, and which data mode a kernel allows.
 import { addon, type DataMode } from './native.js';
-import { explain, UserError } from './errors.js';
-
-const F = addon.abi.flags;
+import fs from 'node:fs';
+import { explain, NO_DRIVER, UserError } from './errors.js';
 
 export function flagNames(flags: bigint): string[] {
-  return Object.entries(F)
+  return Object.entries(addon.abi.flags)
     .filter(([, bit]) => (flags & bit) !== 0n)
     .map(([name]) => name);
 }
 
 /** The flags ADD_DEV must request (and get back) for each data mode. */
 export function modeFlags(mode: DataMode): bigint {
+  const F = addon.abi.flags;
   switch (mode) {
     case 'auto-lease':
       // SUPPORT_ZERO_COPY too: a request the driver could not lease is leased by hand (fallback).
@@ -44,6 +44,11 @@ export function chooseMode(requested: DataMode | 'auto', features: bigint, moves
   }
   if (!movesData && allowed.includes('user-copy')) return 'user-copy';
   return allowed[0] ?? 'copy';
+}
+
+/** Fails in one line when the kernel has no ublk driver, without loading the addon. */
+export function requireDriver(): void {
+  if (!fs.existsSync('/dev/ublk-control')) throw new UserError(NO_DRIVER);
 }
 
 export async function getFeatures(): Promise<bigint> {

@@ -2,13 +2,11 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { addon } from './native.js';
+import { addon, projectRoot } from './native.js';
 import { explain, isKernelError, UserError } from './errors.js';
-import { removeFromKernel, Server, type ServeOptions } from './server.js';
+import type { Server, ServeOptions } from './server.js';
 import { processAlive, readRecord, readRecords, removeRecord, stateDir, type DeviceRecord } from './state.js';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Starts a background server for the device; resolves with its record once /dev/ublkbN serves IO. */
@@ -16,7 +14,7 @@ export async function addDevice(o: Omit<ServeOptions, 'log'>, timeoutMs = 120_00
   fs.mkdirSync(stateDir(), { recursive: true });
   const log = path.join(stateDir(), `server-${Date.now()}-${process.pid}.log`);
   const out = fs.openSync(log, 'a');
-  const child = spawn(process.execPath, [path.join(here, 'daemon.js'), JSON.stringify({ ...o, log })], {
+  const child = spawn(process.execPath, [path.join(projectRoot, 'dist', 'ublk-ts-daemon.mjs'), JSON.stringify({ ...o, log })], {
     detached: true,
     stdio: ['ignore', out, out, 'pipe'],
   });
@@ -49,6 +47,7 @@ export async function addDevice(o: Omit<ServeOptions, 'log'>, timeoutMs = 120_00
 
 /** Runs the server in this process (add --foreground). */
 export async function startForeground(o: ServeOptions): Promise<Server> {
+  const { Server } = await import('./server.js');
   return Server.start(o);
 }
 
@@ -79,6 +78,7 @@ export async function deleteDevice(id: number, timeoutMs = 10_000): Promise<void
     if (processAlive(rec.pid)) process.kill(rec.pid, 'SIGKILL');
   }
   removeRecord(id);
+  if (rec && !fs.existsSync(`/sys/class/ublk-char/ublkc${id}`)) return; // its server deleted it
   try {
     await addon.getDevInfo(id);
   } catch (e) {
@@ -87,6 +87,7 @@ export async function deleteDevice(id: number, timeoutMs = 10_000): Promise<void
     throw new UserError(`no ublk device ${id}`);
   }
   // No server (crashed, or killed above): the kernel keeps the id until someone deletes it.
+  const { removeFromKernel } = await import('./server.js');
   await removeFromKernel(id).catch((e: unknown) => {
     throw explain(e);
   });

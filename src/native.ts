@@ -108,5 +108,12 @@ function packageRoot(): string {
 }
 const root = packageRoot();
 const require = createRequire(import.meta.url);
-export const addon: Addon = require(path.join(root, 'build', 'Release', 'ublk_ts.node')) as Addon;
+let loaded: Addon | undefined;
+/** The addon, loaded on first use: verbs that never reach the kernel start without it. */
+export const addon: Addon = new Proxy({} as Addon, {
+  get(_target, key: keyof Addon) {
+    loaded ??= require(path.join(root, 'build', 'Release', 'ublk_ts.node')) as Addon;
+    return loaded[key];
+  },
+});
 export const projectRoot = root;

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { parseSize } from '../../src/size.js';
 
-const cli = (...args: string[]) => spawnSync(process.execPath, ['dist/src/cli.js', ...args], { encoding: 'utf8' });
+const cli = (...args: string[]) => spawnSync(process.execPath, ['dist/ublk-ts.mjs', ...args], { encoding: 'utf8' });
 const hasDriver = fs.existsSync('/dev/ublk-control');
 
 describe('sizes', () => {
@@ -22,12 +22,12 @@ describe('sizes', () => {
 describe('cli', () => {
   it('has help for each verb', () => {
     for (const verb of ['features', 'list', 'add', 'del']) {
-      const out = execFileSync(process.execPath, ['dist/src/cli.js', verb, '--help'], { encoding: 'utf8' });
+      const out = execFileSync(process.execPath, ['dist/ublk-ts.mjs', verb, '--help'], { encoding: 'utf8' });
       expect(out).toContain(`ublk-ts ${verb}`);
     }
   });
   it('lists the targets found in targets/', () => {
-    const out = execFileSync(process.execPath, ['dist/src/cli.js', 'add', '--help'], { encoding: 'utf8' });
+    const out = execFileSync(process.execPath, ['dist/ublk-ts.mjs', 'add', '--help'], { encoding: 'utf8' });
     expect(out).toMatch(/choices: "file", "null"/);
   });
   it('rejects an unknown data mode before touching the kernel', () => {

@@ -3,7 +3,7 @@ import { execFileSync, spawnSync, type SpawnSyncReturns } from 'node:child_proce
 import fs from 'node:fs';
 import path from 'node:path';
 
-export const CLI = path.resolve('dist/src/cli.js');
+export const CLI = path.resolve('dist/ublk-ts.mjs');
 
 export function cli(...args: string[]): SpawnSyncReturns<string> {
   return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 300_000 });
@@ -25,7 +25,7 @@ export function ublkDevices(): string[] {
 }
 
 export function serverPids(): number[] {
-  const out = spawnSync('pgrep', ['-f', 'dist/src/daemon.js'], { encoding: 'utf8' });
+  const out = spawnSync('pgrep', ['-f', 'ublk-ts-daemon.mjs'], { encoding: 'utf8' });
   return out.stdout.split('\n').filter(Boolean).map(Number);
 }
 

@@ -1,8 +1,7 @@
 // The kernel suite: runs inside the VM on the real ublk driver (scripts/kernel-tests.sh copies this file
 // to /tmp first, because the project tree is read-only in the guest).
-import { defineConfig } from 'vitest/config';
-
-export default defineConfig({
+// A plain object: copied to /tmp, this file cannot import vitest.
+export default {
   cacheDir: '/tmp/vite-cache',
   test: {
     include: ['test/kernel/**/*.test.ts'],
@@ -11,4 +10,4 @@ export default defineConfig({
     fileParallelism: false,
     reporters: ['verbose'],
   },
-});
+};
