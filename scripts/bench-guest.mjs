@@ -1,12 +1,12 @@
 #!/usr/bin/env node
 // Inside one VM boot: fio on the kernel loop device (direct IO over a tmpfs file), kernel null_blk, and
 // ublk-ts (file in every data mode over the same kind of file, and null). Prints a markdown table with
-// each device's ratio to the loop device and writes it to the file named by argv[2].
+// each device's ratio to the loop device and writes it to $UBLK_TS_VM_OUT/<clock>.md.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 
-const clock = process.argv[3] ?? 'wall';
-const out = process.argv[2];
+const clock = process.argv[2] ?? 'wall';
+const out = `${process.env.UBLK_TS_VM_OUT ?? '/tmp'}/${clock}.md`;
 const runtime = process.env.BENCH_RUNTIME ?? '8';
 const sh = (cmd) => execFileSync('bash', ['-c', cmd], { encoding: 'utf8', maxBuffer: 64 << 20 }).trim();
 const ublk = (...args) => JSON.parse(execFileSync(process.execPath, ['dist/ublk-ts.mjs', ...args, '--json'], { encoding: 'utf8' }));

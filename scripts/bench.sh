@@ -3,12 +3,11 @@
 # the wall-clock VM. Writes results/bench-<time>.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p results
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
-share=$(mktemp -d)
-chmod 777 "$share"
-scripts/vm-run --icount -- node scripts/bench-guest.mjs "$share/icount.md" icount
-scripts/vm-run -- node scripts/bench-guest.mjs "$share/wall.md" wall
-{ echo "# ublk-ts benchmark, $stamp"; echo; cat "$share/icount.md"; echo; cat "$share/wall.md"; } > "results/bench-$stamp.md"
-rm -rf "$share"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+scripts/vm-run --icount --out "$tmp" -- node scripts/bench-guest.mjs icount
+scripts/vm-run --out "$tmp" -- node scripts/bench-guest.mjs wall
+mkdir -p results
+{ echo "# ublk-ts benchmark, $stamp"; echo; cat "$tmp/icount.md"; echo; cat "$tmp/wall.md"; } > "results/bench-$stamp.md"
 echo "bench: wrote results/bench-$stamp.md"

@@ -2,17 +2,19 @@
 // verification finds nothing wrong, and `list` shows what serves the device.
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { cliJson, delAll, DATA_MODES, scratch, sh, ublkDevices, type AddedDevice } from './helpers.js';
 
 const MNT = '/tmp/ublk-mnt';
 
+const RANDOM = '/tmp/ublk-ts-random.bin';
 beforeAll(() => {
   delAll();
   // One random source; files of mixed sizes are slices of it.
-  sh('mkdir -p /tmp/ublk-ts-test && head -c 48M /dev/urandom > /tmp/ublk-ts-test/random.bin');
+  sh(`head -c 48M /dev/urandom > ${RANDOM}`);
 });
-afterAll(delAll);
+afterEach(delAll);
+afterAll(() => fs.rmSync(RANDOM, { force: true }));
 
 /** Writes files of mixed sizes (about 210 MB in all), each a different slice of the random source. */
 function writeMixedFiles(dir: string): number {
@@ -22,7 +24,7 @@ function writeMixedFiles(dir: string): number {
   for (let i = 0; total < 210 << 20; i++) {
     const size = sizes[i % sizes.length];
     const skip = (i * 7919) % (1 << 20);
-    files.push(`tail -c +${skip + 1} /tmp/ublk-ts-test/random.bin | head -c ${size} > ${dir}/f${i}`);
+    files.push(`tail -c +${skip + 1} ${RANDOM} | head -c ${size} > ${dir}/f${i}`);
     total += size;
   }
   sh(files.join(' && '));

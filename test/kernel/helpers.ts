@@ -37,9 +37,11 @@ export function scratch(name: string): string {
   return dir;
 }
 
+/** After each test: no mount, no device, no scratch file left (the guest's tmpfs is its RAM). */
 export function delAll(): void {
   sh('mountpoint -q /tmp/ublk-mnt && umount /tmp/ublk-mnt || true');
   cli('del', '--all');
+  fs.rmSync(path.join('/tmp', 'ublk-ts-test'), { recursive: true, force: true });
 }
 
 export interface AddedDevice {
