@@ -49,6 +49,20 @@ static int user_copy(struct queue *q, struct io *io, bool to_kernel)
 	return 0;
 }
 
+/* REGISTER_IO_BUF or UNREGISTER_IO_BUF of this tag's lease slot. */
+static struct io_uring_sqe *prep_lease_cmd(struct queue *q, struct io *io, uint32_t op, enum ud_kind kind)
+{
+	struct ublksrv_io_cmd cmd = {};
+	cmd.q_id = q->q_id;
+	cmd.tag = io->req.tag;
+	cmd.addr = lease_slot(q, io->req.tag);
+	struct io_uring_sqe *sqe = queue_sqe(q);
+	ublk_prep_cmd(sqe, 0, op, &cmd, sizeof(cmd), sizeof(*sqe));
+	sqe->flags = IOSQE_FIXED_FILE;
+	io_uring_sqe_set_data64(sqe, ud_make(io->req.tag, kind, 0));
+	return sqe;
+}
+
 static void submit_member(struct queue *q, struct io *io, unsigned i)
 {
 	const struct member *m = &io->req.members[i];
@@ -108,14 +122,9 @@ static void lease_finish(struct queue *q, struct io *io)
 			result = ret;
 	}
 	if (io->leased) {
-		struct ublksrv_io_cmd cmd = {};
-		cmd.q_id = q->q_id;
-		cmd.tag = req->tag;
-		cmd.addr = lease_slot(q, req->tag);
-		struct io_uring_sqe *sqe = queue_sqe(q);
-		ublk_prep_cmd(sqe, 0, UBLK_U_IO_UNREGISTER_IO_BUF, &cmd, sizeof(cmd), sizeof(*sqe));
-		sqe->flags = IOSQE_FIXED_FILE | IOSQE_CQE_SKIP_SUCCESS;
-		io_uring_sqe_set_data64(sqe, ud_make(req->tag, UD_UNLEASE, 0));
+		/* Submitted before the commit in the same batch: the slot is free when the tag's next
+		 * request asks for a lease. */
+		prep_lease_cmd(q, io, UBLK_U_IO_UNREGISTER_IO_BUF, UD_UNLEASE)->flags |= IOSQE_CQE_SKIP_SUCCESS;
 		io->leased = false;
 	}
 	queue_commit(q, io, result);
@@ -132,14 +141,7 @@ void lease_start(struct queue *q, struct io *io, bool need_manual_lease)
 	if (uses_buffer(req) && (mode == MODE_LEASE || (mode == MODE_AUTO_LEASE && need_manual_lease))) {
 		/* The leader: members can only be issued once its CQE says the slot holds our pages,
 		 * which is what lets them run in parallel instead of in one hard-linked chain. */
-		struct ublksrv_io_cmd cmd = {};
-		cmd.q_id = q->q_id;
-		cmd.tag = req->tag;
-		cmd.addr = lease_slot(q, req->tag);
-		struct io_uring_sqe *sqe = queue_sqe(q);
-		ublk_prep_cmd(sqe, 0, UBLK_U_IO_REGISTER_IO_BUF, &cmd, sizeof(cmd), sizeof(*sqe));
-		sqe->flags = IOSQE_FIXED_FILE;
-		io_uring_sqe_set_data64(sqe, ud_make(req->tag, UD_LEADER, 0));
+		prep_lease_cmd(q, io, UBLK_U_IO_REGISTER_IO_BUF, UD_LEADER);
 		q->stats.leases++;
 		return;
 	}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs the data path under AddressSanitizer on the real driver: builds an ASan copy of the addon in a
+# scratch tree, then in the VM serves fio verify in every data mode and the del-under-load path, and fails
+# on any ASan report in the servers' logs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${UBLK_TS_IN_VM:-}" ]; then
+  tree="${XDG_CACHE_HOME:-$HOME/.cache}/ublk-ts/asan-tree"
+  rm -rf "$tree" && mkdir -p "$tree/node_modules"
+  cp -r package.json binding.gyp native targets dist scripts "$tree/"
+  cp -r node_modules/node-addon-api "$tree/node_modules/"
+  (cd "$tree" && UBLK_TS_ASAN=1 "$OLDPWD/node_modules/.bin/node-gyp" rebuild >/dev/null)
+  cd "$tree"
+  exec "$OLDPWD/scripts/vm-run" -- scripts/asan-check.sh
+fi
+export LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 UBLK_TS_STATE_DIR=/tmp/asan-state
+ublk() { node dist/ublk-ts.mjs "$@"; }
+for mode in auto-lease lease user-copy copy; do
+  id=$(ublk add --target file --file /tmp/asan-$mode.img --size 256M --data-mode $mode --queues 2 --json | node -e 'console.log(JSON.parse(require("fs").readFileSync(0)).id)')
+  fio --name=v --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-256k --iodepth=64 \
+    --size=256M --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse >/dev/null
+  fio --name=flush --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=write --bs=64k --fsync=4 --size=16M --output-format=terse >/dev/null
+  blkdiscard /dev/ublkb$id
+  fio --name=load --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randrw --bs=4k --iodepth=64 --time_based --runtime=60 >/dev/null 2>&1 &
+  sleep 3
+  ublk del -n $id
+  wait || true
+  rm -f /tmp/asan-$mode.img
+  echo "asan-check: $mode served verify, flush, discard and delete under load"
+done
+if grep -l "AddressSanitizer" /tmp/asan-state/*.log; then
+  grep -h -A30 "AddressSanitizer" /tmp/asan-state/*.log | head -60
+  exit 1
+fi
+echo "asan-check: no AddressSanitizer report in $(ls /tmp/asan-state/*.log | wc -l) server logs"
