@@ -281,8 +281,7 @@ class Device : public Napi::ObjectWrap<Device> {
 	{
 		return DefineClass(env, "Device",
 				   {InstanceMethod("start", &Device::Start), InstanceMethod("wait", &Device::Wait),
-				    InstanceMethod("forceStop", &Device::ForceStop), InstanceMethod("close", &Device::Close),
-				    InstanceMethod("stats", &Device::Stats)});
+				    InstanceMethod("forceStop", &Device::ForceStop), InstanceMethod("close", &Device::Close)});
 	}
 
 	Device(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Device>(info)
@@ -395,21 +394,6 @@ class Device : public Napi::ObjectWrap<Device> {
 		device_close(&dev_);
 		return info.Env().Undefined();
 	}
-	Napi::Value Stats(const Napi::CallbackInfo &info)
-	{
-		Napi::Env env = info.Env();
-		Napi::Array a = Napi::Array::New(env);
-		for (auto &q : dev_.queues) {
-			Napi::Object s = Napi::Object::New(env);
-			s.Set("ios", Napi::Number::New(env, (double)q->stats.ios));
-			s.Set("leases", Napi::Number::New(env, (double)q->stats.leases));
-			s.Set("errors", Napi::Number::New(env, (double)q->stats.errors));
-			s.Set("rejectedCommits", Napi::Number::New(env, (double)q->stats.rejected_commits));
-			a.Set(a.Length(), s);
-		}
-		return a;
-	}
-
 	struct device dev_ {};
 	bool started_ = false;
 };

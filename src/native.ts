@@ -58,19 +58,11 @@ export interface DeviceOptions {
   options?: Record<string, number>;
 }
 
-export interface QueueStats {
-  ios: number;
-  leases: number;
-  errors: number;
-  rejectedCommits: number;
-}
-
 export interface NativeDevice {
   start(): Promise<void>;
   wait(): Promise<void>;
   forceStop(): void;
   close(): void;
-  stats(): QueueStats[];
 }
 
 export interface Abi {
