@@ -50,7 +50,6 @@ std::string device_start(struct device *d)
 		if (qu->wake_fd < 0)
 			return std::string("eventfd: ") + strerror(errno);
 		qu->force_stop = false;
-		qu->stats = {};
 		d->queues.push_back(std::move(qu));
 	}
 	for (auto &qu : d->queues) {

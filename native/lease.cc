@@ -142,7 +142,6 @@ void lease_start(struct queue *q, struct io *io, bool need_manual_lease)
 		/* The leader: members can only be issued once its CQE says the slot holds our pages,
 		 * which is what lets them run in parallel instead of in one hard-linked chain. */
 		prep_lease_cmd(q, io, UBLK_U_IO_REGISTER_IO_BUF, UD_LEADER);
-		q->stats.leases++;
 		return;
 	}
 	if (mode == MODE_USER_COPY && req->op == UBLK_IO_OP_WRITE && uses_buffer(req)) {

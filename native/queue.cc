@@ -44,9 +44,6 @@ void queue_commit(struct queue *q, struct io *io, int32_t result)
 {
 	io->serving = false;
 	q->nr_serving--;
-	q->stats.ios++;
-	if (result < 0)
-		q->stats.errors++;
 	prep_io_cmd(q, io, UBLK_U_IO_COMMIT_AND_FETCH_REQ, result);
 }
 
@@ -74,10 +71,10 @@ static void handle_cmd_cqe(struct queue *q, struct io *io, int res)
 		handle_request(q, io);
 		return;
 	}
-	/* ABORT, cancellation, or a rejected commit: this tag is finished. A rejected commit should never
-	 * happen; count it so the stats show it instead of spinning on a resend. */
-	if (res != UBLK_IO_RES_ABORT && res != -ECANCELED)
-		q->stats.rejected_commits++;
+	/* ABORT, cancellation, or a rejected command: this tag is finished. A rejection should never happen;
+	 * record it for the server's log rather than spin on a resend. */
+	if (res != UBLK_IO_RES_ABORT && res != -ECANCELED && q->error.empty())
+		q->error = "tag " + std::to_string(io->req.tag) + ": FETCH/COMMIT refused: " + strerror(-res);
 	if (!io->dead) {
 		io->dead = true;
 		q->nr_dead++;
@@ -188,7 +185,8 @@ static void dispatch_cqe(struct queue *q, const struct io_uring_cqe *cqe)
 	case UD_UNLEASE:
 		/* Only failures post (CQE_SKIP_SUCCESS): the slot stays taken and the next lease on it fails
 		 * cleanly with -EBUSY rather than hanging. */
-		q->stats.errors++;
+		if (q->error.empty())
+			q->error = "UNREGISTER_IO_BUF refused: " + std::string(strerror(-cqe->res));
 		break;
 	case UD_WAKE:
 		if (!q->force_stop.load())

@@ -36,13 +36,6 @@ struct io {
 	int32_t err;        /* first failure among leader and members */
 };
 
-struct queue_stats {
-	uint64_t ios;
-	uint64_t leases;
-	uint64_t errors;
-	uint64_t rejected_commits;
-};
-
 struct queue {
 	struct device_ctx *dev;
 	uint16_t q_id;
@@ -54,8 +47,7 @@ struct queue {
 	unsigned nr_serving;
 	int wake_fd;
 	std::atomic<bool> force_stop;
-	struct queue_stats stats;
-	std::string error; /* set when setup fails */
+	std::string error; /* setup failure, or the first thing the kernel refused while serving */
 	std::thread thread;
 };
 
