@@ -9,7 +9,7 @@ if [ -z "${UBLK_TS_IN_VM:-}" ]; then
   rm -rf "$tree" && mkdir -p "$tree/node_modules"
   cp -r package.json binding.gyp native targets dist scripts "$tree/"
   cp -r node_modules/node-addon-api "$tree/node_modules/"
-  (cd "$tree" && UBLK_TS_ASAN=1 "$OLDPWD/node_modules/.bin/node-gyp" rebuild >/dev/null)
+  (cd "$tree" && UBLK_TS_ASAN=1 "$OLDPWD/node_modules/.bin/node-gyp" rebuild --nodedir="$(npm config get nodedir)" >/dev/null)
   cd "$tree"
   exec "$OLDPWD/scripts/vm-run" -- scripts/asan-check.sh
 fi
