@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 // Serving one device in this process: negotiate, ADD_DEV, start the queues, START_DEV; tear down on stop.
 // Every failure after ADD_DEV rolls the device back, so bad input never leaves a half-made device.
 import os from 'node:os';
@@ -73,6 +74,7 @@ export class Server {
       };
       await addon.setParams(devId, params);
       await addon.startDev(devId, process.pid);
+      await waitForDisk(devId, params.devSectors);
       const record: DeviceRecord = {
         id: devId,
         pid: process.pid,
@@ -109,6 +111,20 @@ export class Server {
     })();
     return this.stopping;
   }
+}
+
+/** `add` promises a usable /dev/ublkbN: wait until its node exists and the block layer shows its size. */
+async function waitForDisk(id: number, sectors: number): Promise<void> {
+  const sizeFile = `/sys/block/ublkb${id}/size`;
+  for (let i = 0; i < 500; i++) {
+    try {
+      if (fs.existsSync(`/dev/ublkb${id}`) && Number(fs.readFileSync(sizeFile, 'utf8')) === sectors) return;
+    } catch {
+      // not there yet
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error(`/dev/ublkb${id} did not appear with ${sectors} sectors within 5 s`);
 }
 
 async function rollback(devId: number | undefined, dev: NativeDevice | undefined): Promise<void> {

@@ -25,6 +25,19 @@ describe('discard', () => {
   });
 });
 
+describe('read-only export', () => {
+  it('reads the backing file and refuses writes', () => {
+    const img = path.join(scratch('ro'), 'disk.img');
+    sh(`truncate -s 64M ${img} && printf hello | dd of=${img} conv=notrunc status=none`);
+    const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', img, '--read-only', '--queues', '1');
+    expect(dev.info.readOnly).toBe(true);
+    expect(sh(`blockdev --getro ${dev.blockDevice}`).trim()).toBe('1');
+    expect(sh(`head -c 5 ${dev.blockDevice}`)).toBe('hello');
+    expect(() => sh(`dd if=/dev/zero of=${dev.blockDevice} bs=4k count=1 oflag=direct status=none`)).toThrow();
+    expect(sh(`head -c 5 ${img}`)).toBe('hello');
+  });
+});
+
 describe('delete under load', () => {
   // `del` is timed through the API the CLI calls (deleteDevice), in this already running process: under
   // emulation with fio saturating both vCPUs, starting a fresh node process alone takes 3-6 s, which
@@ -33,7 +46,7 @@ describe('delete under load', () => {
     const img = path.join(scratch('del-load'), 'disk.img');
     const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', img, '--size', '512M', '--queues', '2');
     const fio = spawn('fio', ['--name=load', `--filename=${dev.blockDevice}`, '--ioengine=io_uring', '--direct=1', '--rw=randrw',
-      '--bs=4k', '--iodepth=64', '--time_based', '--runtime=120'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      '--bs=4k', '--iodepth=64', '--size=512M', '--time_based', '--runtime=120'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let fioOut = '';
     fio.stdout.on('data', (d: Buffer) => (fioOut += d.toString()));
     fio.stderr.on('data', (d: Buffer) => (fioOut += d.toString()));
@@ -48,7 +61,8 @@ describe('delete under load', () => {
     const code = await Promise.race([fioExit, sleep(30_000).then(() => 'hung' as const)]);
     expect(code).not.toBe('hung');
     expect(fioOut).toMatch(/io_u error on file/); // fio saw the device go, as errors
-    await sleep(500);
+    // DEL_DEV_ASYNC frees the id once fio, the last opener, has closed the device.
+    for (let i = 0; i < 50 && (ublkDevices().length > 0 || serverPids().length > 0); i++) await sleep(100);
     expect(ublkDevices()).toEqual([]);
     expect(serverPids()).toEqual([]);
   });
