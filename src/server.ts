@@ -1,6 +1,6 @@
-import fs from 'node:fs';
 // Serving one device in this process: negotiate, ADD_DEV, start the queues, START_DEV; tear down on stop.
 // Every failure after ADD_DEV rolls the device back, so bad input never leaves a half-made device.
+import fs from 'node:fs';
 import os from 'node:os';
 import { addon, type DataMode, type NativeDevice, type Params } from './native.js';
 import { chooseMode, getFeatures, modeFlags } from './features.js';
