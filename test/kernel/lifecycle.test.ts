@@ -2,7 +2,7 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { deleteDevice } from '../../src/lifecycle.js';
 import { cli, cliJson, delAll, scratch, serverPids, sh, ublkDevices, type AddedDevice } from './helpers.js';
 
@@ -51,6 +51,10 @@ describe('delete under load', () => {
     fio.stdout.on('data', (d: Buffer) => (fioOut += d.toString()));
     fio.stderr.on('data', (d: Buffer) => (fioOut += d.toString()));
     const fioExit = new Promise<number | null>((r) => fio.on('exit', (code) => r(code)));
+    // Never leak fio into later tests: a new device may reuse this path and fio would write into it.
+    onTestFinished(() => {
+      fio.kill('SIGKILL');
+    });
     await sleep(4000);
     expect(fioOut).not.toMatch(/error/); // it was running cleanly before the delete
     const t0 = Date.now();
