@@ -281,7 +281,9 @@ class Device : public Napi::ObjectWrap<Device> {
 	{
 		return DefineClass(env, "Device",
 				   {InstanceMethod("start", &Device::Start), InstanceMethod("wait", &Device::Wait),
-				    InstanceMethod("forceStop", &Device::ForceStop), InstanceMethod("close", &Device::Close)});
+				    InstanceMethod("drain", &Device::Drain), InstanceMethod("join", &Device::Join),
+				    InstanceMethod("forceStop", &Device::ForceStop), InstanceMethod("close", &Device::Close),
+				    InstanceMethod("status", &Device::Status)});
 	}
 
 	Device(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Device>(info)
@@ -293,6 +295,7 @@ class Device : public Napi::ObjectWrap<Device> {
 		c.nr_queues = get_u64(o, "queues", 1);
 		c.depth = get_u64(o, "depth", 128);
 		c.max_io_bytes = get_u64(o, "maxIoBufBytes", 1 << 20);
+		c.user_copy = o.Has("userCopy") && o.Get("userCopy").ToBoolean();
 		c.ublkc_fd = -1;
 		std::string mode = o.Get("mode").As<Napi::String>().Utf8Value();
 		if (mode == "copy")
@@ -319,38 +322,62 @@ class Device : public Napi::ObjectWrap<Device> {
 				c.tgt.cfg.fds.push_back(fds.Get(i).As<Napi::Number>().Int32Value());
 		}
 		if (o.Has("options") && o.Get("options").IsObject()) {
+			/* number -> nums, number[] -> lists, string -> strs */
 			Napi::Object opts = o.Get("options").As<Napi::Object>();
 			Napi::Array keys = opts.GetPropertyNames();
 			for (uint32_t i = 0; i < keys.Length(); i++) {
 				std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
-				c.tgt.cfg.nums[k] = (int64_t)opts.Get(k).As<Napi::Number>().Int64Value();
+				Napi::Value v = opts.Get(k);
+				if (v.IsString()) {
+					c.tgt.cfg.strs[k] = v.As<Napi::String>().Utf8Value();
+				} else if (v.IsArray()) {
+					Napi::Array a = v.As<Napi::Array>();
+					for (uint32_t j = 0; j < a.Length(); j++)
+						c.tgt.cfg.lists[k].push_back(a.Get(j).As<Napi::Number>().Int64Value());
+				} else {
+					c.tgt.cfg.nums[k] = v.As<Napi::Number>().Int64Value();
+				}
 			}
 		}
 	}
 
+	/* Only reached when no worker holds a reference (see DeviceWorker): nothing else touches dev_. If
+	 * JavaScript dropped a started device without close(), this stops its threads, which end promptly. */
 	~Device() { device_close(&dev_); }
 
       private:
-	/* start (open, map, spawn and wait for every FETCH) and join both block: run them off the event loop. */
+	enum job { JOB_START, JOB_WAIT, JOB_JOIN };
+	/* start, wait and join block: they run on libuv's pool. Each holds a reference to the JavaScript
+	 * object, so the finalizer cannot free the device under it, and counts itself in busy_, so close()
+	 * refuses while one runs. */
 	class DeviceWorker : public Napi::AsyncWorker {
 	      public:
-		DeviceWorker(Napi::Env env, struct device *d, bool join)
-		    : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), d_(d), join_(join)
+		DeviceWorker(Napi::Env env, Device *owner, enum job job)
+		    : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), owner_(owner), job_(job)
 		{
+			owner_->Ref();
+			owner_->busy_++;
 		}
 		void Execute() override
 		{
-			if (!join_) {
-				err_ = device_start(d_);
-				return;
+			struct device *d = &owner_->dev_;
+			switch (job_) {
+			case JOB_START:
+				err_ = device_start(d);
+				break;
+			case JOB_WAIT:
+				err_ = device_wait(d);
+				break;
+			case JOB_JOIN:
+				device_join(d);
+				err_ = device_errors(d);
+				break;
 			}
-			device_join(d_);
-			for (auto &q : d_->queues)
-				if (!q->error.empty())
-					err_ += (err_.empty() ? "" : "; ") + ("queue " + std::to_string(q->q_id) + ": " + q->error);
 		}
 		void OnOK() override
 		{
+			owner_->busy_--;
+			owner_->Unref();
 			if (err_.empty())
 				deferred_.Resolve(Env().Undefined());
 			else
@@ -365,8 +392,8 @@ class Device : public Napi::ObjectWrap<Device> {
 
 	      private:
 		Napi::Promise::Deferred deferred_;
-		struct device *d_;
-		bool join_;
+		Device *owner_;
+		enum job job_;
 		std::string err_;
 	};
 
@@ -377,25 +404,47 @@ class Device : public Napi::ObjectWrap<Device> {
 			return info.Env().Undefined();
 		}
 		started_ = true;
-		return (new DeviceWorker(info.Env(), &dev_, false))->Run();
+		return (new DeviceWorker(info.Env(), this, JOB_START))->Run();
 	}
+	/* Resolves when every queue has ended; rejects as soon as one fails. */
 	Napi::Value Wait(const Napi::CallbackInfo &info)
 	{
-		return (new DeviceWorker(info.Env(), &dev_, true))->Run();
+		return (new DeviceWorker(info.Env(), this, JOB_WAIT))->Run();
+	}
+	Napi::Value Join(const Napi::CallbackInfo &info)
+	{
+		return (new DeviceWorker(info.Env(), this, JOB_JOIN))->Run();
+	}
+	Napi::Value Drain(const Napi::CallbackInfo &info)
+	{
+		device_drain(&dev_);
+		return info.Env().Undefined();
+	}
+	/* The target's live state (JSON text), or "" if it has none or the device is not serving. */
+	Napi::Value Status(const Napi::CallbackInfo &info)
+	{
+		const struct target &t = dev_.ctx.tgt;
+		bool serving = dev_.target_ready && t.ops->status;
+		return Napi::String::New(info.Env(), serving ? t.ops->status(&t) : "");
 	}
 	Napi::Value ForceStop(const Napi::CallbackInfo &info)
 	{
 		device_force_stop(&dev_);
 		return info.Env().Undefined();
 	}
-	/* Only after wait() resolved: joining here would block the event loop otherwise. */
+	/* After join() resolved: joining here would block the event loop otherwise. */
 	Napi::Value Close(const Napi::CallbackInfo &info)
 	{
+		if (busy_ > 0) {
+			Napi::Error::New(info.Env(), "device busy: close() while start, wait or join runs").ThrowAsJavaScriptException();
+			return info.Env().Undefined();
+		}
 		device_close(&dev_);
 		return info.Env().Undefined();
 	}
 	struct device dev_ {};
 	bool started_ = false;
+	unsigned busy_ = 0; /* workers running; JavaScript thread only */
 };
 
 Napi::Object Abi(Napi::Env env)

@@ -38,18 +38,19 @@ std::string device_start(struct device *d)
 		d->maps.push_back(p);
 	}
 
+	ctx->on_queue_failed = [d] {
+		std::lock_guard<std::mutex> g(d->lock);
+		d->failed = true;
+		d->cond.notify_all();
+	};
 	for (uint16_t q = 0; q < ctx->nr_queues; q++) {
 		auto qu = std::make_unique<struct queue>();
 		qu->dev = ctx;
 		qu->q_id = q;
 		qu->descs = static_cast<const struct ublksrv_io_desc *>(d->maps[q]);
-		qu->ring_ready = false;
-		qu->nr_dead = 0;
-		qu->nr_serving = 0;
 		qu->wake_fd = eventfd(0, EFD_CLOEXEC); /* owned by the device: closed in device_close */
 		if (qu->wake_fd < 0)
 			return std::string("eventfd: ") + strerror(errno);
-		qu->force_stop = false;
 		d->queues.push_back(std::move(qu));
 	}
 	for (auto &qu : d->queues) {
@@ -60,14 +61,45 @@ std::string device_start(struct device *d)
 				d->nr_ready++;
 				d->cond.notify_all();
 			});
+			std::lock_guard<std::mutex> g(d->lock);
+			d->nr_ended++;
+			d->cond.notify_all();
 		});
 	}
 	std::unique_lock<std::mutex> g(d->lock);
 	d->cond.wait(g, [d] { return d->nr_ready == d->queues.size(); });
-	for (auto &qu : d->queues)
-		if (!qu->error.empty())
-			return "queue " + std::to_string(qu->q_id) + ": " + qu->error;
+	g.unlock();
+	for (auto &qu : d->queues) {
+		std::string e = queue_error(qu.get());
+		if (!e.empty())
+			return "queue " + std::to_string(qu->q_id) + ": " + e;
+	}
 	return "";
+}
+
+std::string device_wait(struct device *d)
+{
+	std::unique_lock<std::mutex> g(d->lock);
+	d->cond.wait(g, [d] { return d->failed || d->nr_ended == d->queues.size(); });
+	g.unlock();
+	return device_errors(d);
+}
+
+void device_drain(struct device *d)
+{
+	for (auto &qu : d->queues)
+		queue_request_drain(qu.get());
+}
+
+std::string device_errors(struct device *d)
+{
+	std::string err;
+	for (auto &qu : d->queues) {
+		std::string e = queue_error(qu.get());
+		if (!e.empty())
+			err += (err.empty() ? "" : "; ") + ("queue " + std::to_string(qu->q_id) + ": " + e);
+	}
+	return err;
 }
 
 void device_force_stop(struct device *d)

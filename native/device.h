@@ -6,6 +6,11 @@
 
 #include "queue.h"
 
+/*
+ * Ownership: the device owns the char device fd, the mappings, the eventfds and the queue objects; each
+ * queue thread owns its ring and per-tag buffers and releases them itself before it ends. `lock` guards
+ * nr_ready, nr_ended and failed, which queue threads change and JavaScript's workers wait on.
+ */
 struct device {
 	struct device_ctx ctx;
 	std::vector<std::unique_ptr<struct queue>> queues;
@@ -15,15 +20,23 @@ struct device {
 	std::mutex lock;
 	std::condition_variable cond;
 	unsigned nr_ready;
+	unsigned nr_ended;
+	bool failed;
 };
 
 /* Opens /dev/ublkcN, maps the descriptors, starts the queue threads and waits (on the calling, non-JS
  * thread) until every queue has FETCHed every tag. Returns "" or the first failure; on failure
  * everything already made is released by device_close(). */
 std::string device_start(struct device *d);
+/* Waits until every queue thread has ended, or one queue failed; returns "" or the failure. */
+std::string device_wait(struct device *d);
+/* Asks every queue to stop holding requests (they fail with EIO), ahead of STOP_DEV. Never blocks. */
+void device_drain(struct device *d);
 /* Waits for every queue thread to end (after STOP_DEV aborted its tags, or a forced stop). */
 void device_join(struct device *d);
 /* Asks queue threads to end now even if the kernel never aborts their tags. */
 void device_force_stop(struct device *d);
-/* Releases everything device_start made; the threads must have ended. */
+/* Every queue's error, joined; only after device_join. */
+std::string device_errors(struct device *d);
+/* Releases everything device_start made; stops and joins the threads first. */
 void device_close(struct device *d);

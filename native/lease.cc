@@ -1,28 +1,51 @@
 /*
  * The lease: how one request's buffer is lent to its members and handed back.
  *
- *   leader   UBLK_U_IO_REGISTER_IO_BUF puts the request's pages into this ring's sparse buffer table
- *            (lease mode; in auto-lease mode the driver did it before the request reached us)
- *   members  the target's backend operations, all submitted at once, unlinked, so a fan-out runs in
- *            parallel; each uses the leased slot as a fixed buffer (READ_FIXED / WRITE_FIXED)
- *   fold     short transfers are continued, the first error wins, otherwise the full length
- *   hand-back UBLK_U_IO_UNREGISTER_IO_BUF (lease mode) and COMMIT_AND_FETCH in the same batch; under
- *            auto-lease the commit itself hands the buffer back
+ *   leader    UBLK_U_IO_REGISTER_IO_BUF puts the request's pages into this ring's sparse buffer table
+ *             (lease mode; in auto-lease mode the driver did it before the request reached us)
+ *   members   the target's backend operations on the leased slot (READ_FIXED / WRITE_FIXED, fixed-buffer
+ *             send and receive, SEND_ZC): parallel and unlinked, or in order on a stream (a header, then
+ *             its payload, on one socket)
+ *   fold      short transfers are continued; the target's on_member hook may ignore or retry a member;
+ *             otherwise the first error wins, and a READ/WRITE succeeds only if its members covered it
+ *   hand-back once every member, every zero-copy notification and the target's hold are done:
+ *             UBLK_U_IO_UNREGISTER_IO_BUF (lease mode) and COMMIT_AND_FETCH in the same batch; under
+ *             auto-lease the commit itself hands the buffer back
  *
- * Copy and user-copy modes run the same members on a private per-tag buffer instead.
+ * Copy and user-copy modes, and a request the target asked to see (req.copy), run the same members on a
+ * private per-tag buffer instead.
  */
 #include <errno.h>
+#include <stdlib.h>
+
+#include <algorithm>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "queue.h"
 
-static bool uses_buffer(const struct request *req)
+static bool is_transfer(enum member_kind k)
 {
-	for (unsigned i = 0; i < req->nr_members; i++)
-		if (req->members[i].kind == MEMBER_READ || req->members[i].kind == MEMBER_WRITE)
-			return true;
-	return false;
+	return k != MEMBER_FSYNC && k != MEMBER_FALLOCATE;
+}
+
+static bool on_request_buf(const struct member *m)
+{
+	return is_transfer(m->kind) && !(m->flags & MEMBER_F_TARGET_BUF);
+}
+
+/* Served through our buffer rather than on the lease. */
+static bool copied(const struct queue *q, const struct io *io)
+{
+	return q->dev->mode == MODE_COPY || q->dev->mode == MODE_USER_COPY || io->req.copy;
+}
+
+/* Our buffer and the kernel's pages are exchanged by pread/pwrite on /dev/ublkcN (in copy mode the
+ * driver does it). */
+static bool via_user_copy(const struct queue *q, const struct io *io)
+{
+	return q->dev->mode == MODE_USER_COPY || (io->req.copy && q->dev->mode != MODE_COPY);
 }
 
 static uint64_t user_copy_offset(const struct request *req)
@@ -30,11 +53,11 @@ static uint64_t user_copy_offset(const struct request *req)
 	return UBLKSRV_IO_BUF_OFFSET + ((uint64_t)req->q_id << UBLK_QID_OFF) + ((uint64_t)req->tag << UBLK_TAG_OFF);
 }
 
-/* Move the whole request between our buffer and the kernel's pages (user-copy mode); loops on short
- * transfers. Runs on the queue thread: it is a memory copy, not backend I/O. */
-static int user_copy(struct queue *q, struct io *io, bool to_kernel)
+/* Move `len` bytes between our buffer and the kernel's pages (user copy); loops on short transfers. Runs
+ * on the queue thread: it is a memory copy, not backend I/O. */
+static int user_copy(struct queue *q, struct io *io, size_t len, bool to_kernel)
 {
-	size_t done = 0, len = io->req.len;
+	size_t done = 0;
 	while (done < len) {
 		char *p = (char *)io->buf + done;
 		off_t off = (off_t)(user_copy_offset(&io->req) + done);
@@ -47,6 +70,22 @@ static int user_copy(struct queue *q, struct io *io, bool to_kernel)
 		done += n;
 	}
 	return 0;
+}
+
+/* The copy buffer, made on first use where the mode does not need one for every tag. */
+static int ensure_buf(struct queue *q, struct io *io)
+{
+	if (io->buf)
+		return 0;
+	if (q->dev->mode != MODE_COPY && q->dev->mode != MODE_USER_COPY && !q->dev->user_copy)
+		return -EOPNOTSUPP; /* the device cannot copy: the request can only be served on the lease */
+	return posix_memalign(&io->buf, 4096, q->dev->max_io_bytes) ? -ENOMEM : 0;
+}
+
+void *request_buf(struct tq *tq, struct request *req)
+{
+	struct io *io = &tq->q->ios[req->tag];
+	return copied(tq->q, io) ? io->buf : nullptr;
 }
 
 /* REGISTER_IO_BUF or UNREGISTER_IO_BUF of this tag's lease slot. */
@@ -66,31 +105,47 @@ static struct io_uring_sqe *prep_lease_cmd(struct queue *q, struct io *io, uint3
 static void submit_member(struct queue *q, struct io *io, unsigned i)
 {
 	const struct member *m = &io->req.members[i];
+	uint32_t done = io->ms[i].done, len = m->len - done;
 	struct io_uring_sqe *sqe = queue_sqe(q);
-	bool leased = q->dev->mode == MODE_LEASE || q->dev->mode == MODE_AUTO_LEASE;
+	/* Where the bytes are: the target's memory, our copy buffer, or the leased slot (an offset). */
+	bool fixed = on_request_buf(m) && !copied(q, io);
 	int slot = io->leased ? lease_slot(q, io->req.tag) : auto_slot(q, io->req.tag);
+	char *p = (m->flags & MEMBER_F_TARGET_BUF) ? (char *)m->ptr + m->buf_off + done
+		  : fixed			  ? (char *)(uintptr_t)(m->buf_off + done)
+						  : (char *)io->buf + m->buf_off + done;
 
 	switch (m->kind) {
 	case MEMBER_READ:
+	case MEMBER_RECV:
 	case MEMBER_WRITE: {
-		bool rd = m->kind == MEMBER_READ;
-		if (leased) {
-			/* With a fixed buffer, addr is an offset inside the leased request, not a pointer. */
-			void *off = (void *)(uintptr_t)m->buf_off;
-			if (rd)
-				io_uring_prep_read_fixed(sqe, m->file, off, m->len, m->file_off, slot);
-			else
-				io_uring_prep_write_fixed(sqe, m->file, off, m->len, m->file_off, slot);
-		} else {
-			char *p = (char *)io->buf + m->buf_off;
-			if (rd)
-				io_uring_prep_read(sqe, m->file, p, m->len, m->file_off);
-			else
-				io_uring_prep_write(sqe, m->file, p, m->len, m->file_off);
-		}
-		sqe->rw_flags = m->rw_flags;
+		bool rd = m->kind != MEMBER_WRITE;
+		/* A socket has no offset; io_uring ignores it there. */
+		uint64_t off = m->kind == MEMBER_RECV ? 0 : m->file_off + done;
+		if (fixed && rd)
+			io_uring_prep_read_fixed(sqe, m->file, p, len, off, slot);
+		else if (fixed)
+			io_uring_prep_write_fixed(sqe, m->file, p, len, off, slot);
+		else if (m->kind == MEMBER_RECV)
+			io_uring_prep_recv(sqe, m->file, p, len, MSG_WAITALL | m->rw_flags);
+		else if (rd)
+			io_uring_prep_read(sqe, m->file, p, len, off);
+		else
+			io_uring_prep_write(sqe, m->file, p, len, off);
+		if (m->kind != MEMBER_RECV)
+			sqe->rw_flags = m->rw_flags;
 		break;
 	}
+	case MEMBER_SEND:
+	case MEMBER_SEND_ZC:
+		if (m->kind == MEMBER_SEND_ZC)
+			io_uring_prep_send_zc(sqe, m->file, p, len, MSG_NOSIGNAL | m->rw_flags, 0);
+		else
+			io_uring_prep_send(sqe, m->file, p, len, MSG_NOSIGNAL | m->rw_flags);
+		if (fixed) {
+			sqe->ioprio |= IORING_RECVSEND_FIXED_BUF;
+			sqe->buf_index = slot;
+		}
+		break;
 	case MEMBER_FSYNC:
 		io_uring_prep_fsync(sqe, m->file, IORING_FSYNC_DATASYNC);
 		break;
@@ -100,24 +155,103 @@ static void submit_member(struct queue *q, struct io *io, unsigned i)
 	}
 	sqe->flags |= IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data64(sqe, ud_make(io->req.tag, UD_MEMBER, i));
+	io->ms[i].busy = true;
 }
 
-static void submit_members(struct queue *q, struct io *io)
+static uint32_t stream_key(const struct io *io, unsigned i)
 {
-	io->pending = io->req.nr_members;
-	for (unsigned i = 0; i < io->req.nr_members; i++)
-		submit_member(q, io, i);
+	return (uint32_t)io->req.tag << 8 | i;
 }
 
-/* Every member is done: fold, hand the buffer back, commit. */
-static void lease_finish(struct queue *q, struct io *io)
+static void maybe_finish(struct queue *q, struct io *io);
+static void fail(struct io *io, int32_t err);
+
+/* Issue the head of a stream if nothing of it is in flight. While draining, queued members are failed
+ * instead: behind a stuck head, nothing more goes out on that stream. */
+static void stream_kick(struct queue *q, struct stream *s)
+{
+	while (!s->busy && s->head != STREAM_END) {
+		struct io *io = &q->ios[s->head >> 8];
+		unsigned i = s->head & 0xff;
+		if (!q->draining) {
+			s->busy = true;
+			submit_member(q, io, i);
+			return;
+		}
+		s->head = io->ms[i].next;
+		if (s->head == STREAM_END)
+			s->tail = STREAM_END;
+		fail(io, -EIO);
+		io->inflight--;
+		maybe_finish(q, io);
+	}
+}
+
+static void stream_push(struct queue *q, struct io *io, unsigned i)
+{
+	struct stream *s = &q->streams[io->req.members[i].stream % MAX_STREAMS];
+	uint32_t key = stream_key(io, i);
+	io->ms[i].next = STREAM_END;
+	if (s->head == STREAM_END)
+		s->head = key;
+	else
+		q->ios[s->tail >> 8].ms[s->tail & 0xff].next = key;
+	s->tail = key;
+	stream_kick(q, s);
+}
+
+/* The stream's head member is done: the next one may go. */
+static void stream_pop(struct queue *q, struct io *io, unsigned i)
+{
+	struct stream *s = &q->streams[io->req.members[i].stream % MAX_STREAMS];
+	s->head = io->ms[i].next;
+	if (s->head == STREAM_END)
+		s->tail = STREAM_END;
+	s->busy = false;
+	stream_kick(q, s);
+}
+
+/* A member moved all its bytes: add its range to what the request's members have covered. Kept as
+ * sorted, merged ranges, so pieces completing out of order, mirror legs that overlap, and members a
+ * target reuses for the next piece (FOLD_RETRY) all count once. */
+static void cover(struct io *io, uint32_t start, uint32_t end)
+{
+	unsigned n = io->nr_cov, i = 0, j;
+	while (i < n && io->cov[i].end < start)
+		i++;
+	/* cov[i..j) touch [start, end): merge them into one */
+	for (j = i; j < n && io->cov[j].start <= end; j++) {
+		start = std::min(start, io->cov[j].start);
+		end = std::max(end, io->cov[j].end);
+	}
+	if (j == i && n == MAX_MEMBERS)
+		return; /* too fragmented to track: the request fails as uncovered rather than over-report */
+	memmove(&io->cov[i + 1], &io->cov[j], (n - j) * sizeof(io->cov[0]));
+	io->cov[i] = {start, end};
+	io->nr_cov = n - (j - i) + 1;
+}
+
+static bool covered(const struct io *io)
+{
+	return io->nr_cov == 1 && io->cov[0].start == 0 && io->cov[0].end >= io->req.len;
+}
+
+/* Every member is done and the target let go: fold, hand the buffer back, commit. */
+static void finish(struct queue *q, struct io *io)
 {
 	struct request *req = &io->req;
+	bool data = req->op == UBLK_IO_OP_READ || req->op == UBLK_IO_OP_WRITE;
 	int32_t result = io->err;
-	if (result == 0)
-		result = (req->op == UBLK_IO_OP_READ || req->op == UBLK_IO_OP_WRITE) ? (int32_t)req->len : 0;
-	if (result > 0 && req->op == UBLK_IO_OP_READ && q->dev->mode == MODE_USER_COPY) {
-		int ret = user_copy(q, io, true);
+	if (result == 0 && req->nr_members == 0)
+		result = io->tresult;
+	else if (result == 0 && data && !covered(io)) {
+		/* Never over-report: the kernel would hand unfilled pages to the reader. */
+		queue_set_error(q, "target " + std::string(q->dev->tgt.ops->name) + " left part of a request uncovered");
+		result = -EIO;
+	} else if (result == 0)
+		result = data ? (int32_t)req->len : 0;
+	if (result > 0 && req->op == UBLK_IO_OP_READ && via_user_copy(q, io)) {
+		int ret = user_copy(q, io, result, true);
 		if (ret < 0)
 			result = ret;
 	}
@@ -130,56 +264,154 @@ static void lease_finish(struct queue *q, struct io *io)
 	queue_commit(q, io, result);
 }
 
-void lease_start(struct queue *q, struct io *io, bool need_manual_lease)
+static void maybe_finish(struct queue *q, struct io *io)
+{
+	if (io->inflight == 0 && !io->held && !io->leasing && io->state == IO_SERVING)
+		finish(q, io);
+}
+
+static void fail(struct io *io, int32_t err)
+{
+	if (io->err == 0)
+		io->err = err;
+}
+
+/* Issue members[submitted..nr_members). A member on the request buffer may first need the lease (a
+ * leader) or the copy; members after it wait for that. */
+static void issue(struct queue *q, struct io *io)
 {
 	struct request *req = &io->req;
-	if (req->nr_members == 0) {
-		queue_commit(q, io, req->result);
+	if (req->overflow) {
+		queue_set_error(q, "target " + std::string(q->dev->tgt.ops->name) + " added more than " +
+					   std::to_string(MAX_MEMBERS) + " members to one request");
+		fail(io, -EIO);
+		req->nr_members = io->submitted; /* the ones never issued are not waited for */
+		req->overflow = false;
 		return;
 	}
-	enum data_mode mode = q->dev->mode;
-	if (uses_buffer(req) && (mode == MODE_LEASE || (mode == MODE_AUTO_LEASE && need_manual_lease))) {
-		/* The leader: members can only be issued once its CQE says the slot holds our pages,
-		 * which is what lets them run in parallel instead of in one hard-linked chain. */
-		prep_lease_cmd(q, io, UBLK_U_IO_REGISTER_IO_BUF, UD_LEADER);
-		return;
-	}
-	if (mode == MODE_USER_COPY && req->op == UBLK_IO_OP_WRITE && uses_buffer(req)) {
-		int ret = user_copy(q, io, false);
-		if (ret < 0) {
-			queue_commit(q, io, ret);
-			return;
+	while (io->submitted < req->nr_members && !io->leasing) {
+		unsigned i = io->submitted;
+		struct member *m = &req->members[i];
+		io->ms[i] = member_state{};
+		if (on_request_buf(m)) {
+			if ((uint64_t)m->buf_off + m->len > req->len) {
+				/* Outside the request: fixed buffers would refuse it, our copy buffer would overflow. */
+						fail(io, -EIO);
+				io->submitted++;
+				continue;
+			}
+			if (copied(q, io)) {
+				int ret = ensure_buf(q, io);
+				if (ret == 0 && !io->copied_in && req->op == UBLK_IO_OP_WRITE && via_user_copy(q, io))
+					ret = user_copy(q, io, req->len, false);
+				if (ret < 0) {
+								fail(io, ret);
+					io->submitted++;
+					continue;
+				}
+				io->copied_in = true;
+			} else if (!io->leased && (q->dev->mode == MODE_LEASE || (req->flags & UBLK_IO_F_NEED_REG_BUF))) {
+				/* The leader: members can only be issued once its CQE says the slot holds our
+				 * pages, which is what lets them run in parallel instead of in a linked chain. */
+				io->leasing = true;
+				prep_lease_cmd(q, io, UBLK_U_IO_REGISTER_IO_BUF, UD_LEADER);
+				return;
+			}
 		}
+		io->submitted++;
+		io->inflight++;
+		if (m->stream)
+			stream_push(q, io, i);
+		else
+			submit_member(q, io, i);
 	}
-	submit_members(q, io);
+}
+
+void lease_run(struct queue *q, struct io *io)
+{
+	issue(q, io);
+	maybe_finish(q, io);
+}
+
+void lease_release(struct queue *q, struct io *io, int32_t result)
+{
+	io->held = false;
+	io->tresult = result;
+	if (result < 0)
+		fail(io, result);
+	issue(q, io);
+	maybe_finish(q, io);
 }
 
 void lease_on_leader(struct queue *q, struct io *io, int res)
 {
+	io->leasing = false;
 	if (res < 0) {
-		queue_commit(q, io, res);
-		return;
+		/* Nothing after the leader was issued: those members are dropped with the request. */
+		fail(io, res);
+		io->req.nr_members = io->submitted;
+	} else {
+		io->leased = true;
+		issue(q, io);
 	}
-	io->leased = true;
-	submit_members(q, io);
+	maybe_finish(q, io);
 }
 
-void lease_on_member(struct queue *q, struct io *io, unsigned i, int res)
+void lease_on_member(struct queue *q, struct io *io, unsigned i, const struct io_uring_cqe *cqe)
 {
 	struct member *m = &io->req.members[i];
-	bool rw = m->kind == MEMBER_READ || m->kind == MEMBER_WRITE;
-	if (rw && res > 0 && (uint32_t)res < m->len) {
-		/* A short transfer is not the whole transfer: continue where it stopped. */
-		m->buf_off += res;
-		m->file_off += res;
-		m->len -= res;
+	struct member_state *ms = &io->ms[i];
+	int res = cqe->res;
+	if (cqe->flags & IORING_CQE_F_NOTIF) {
+		/* The network no longer holds the pages: the lease may go back now. */
+		io->inflight--;
+		maybe_finish(q, io);
+		return;
+	}
+	/* A zero-copy send's result: its notification is still to come and keeps the member counted. */
+	bool more = cqe->flags & IORING_CQE_F_MORE;
+	ms->busy = false;
+	if (is_transfer(m->kind) && res > 0 && ms->done + res < m->len) {
+		/* A short transfer is not the whole transfer: continue where it stopped, before anything
+		 * else on its stream. */
+		ms->done += res;
+		if (more)
+			io->inflight++;
 		submit_member(q, io, i);
 		return;
 	}
-	if (res < 0 && io->err == 0)
-		io->err = res;
-	else if (rw && res == 0 && io->err == 0)
-		io->err = -EIO; /* end of the backing store inside the device */
-	if (--io->pending == 0)
-		lease_finish(q, io);
+	if (is_transfer(m->kind) && res > 0)
+		ms->done += res;
+	enum member_fold f = q->dev->tgt.ops->on_member ? q->dev->tgt.ops->on_member(&q->tq, &io->req, i, res) : FOLD_DEFAULT;
+	if (f != FOLD_IGNORE && on_request_buf(m) && res > 0 && ms->done == m->len)
+		cover(io, m->buf_off, m->buf_off + m->len);
+	if (f == FOLD_RETRY && !q->draining) {
+		ms->done = 0;
+		if (more)
+			io->inflight++;
+		submit_member(q, io, i);
+		return;
+	}
+	if (f != FOLD_IGNORE && (res < 0 || (is_transfer(m->kind) && res == 0))) {
+		/* res 0 on a transfer: the end of the backing store (or a closed socket) inside the request */
+		fail(io, res < 0 ? res : -EIO);
+	}
+	if (m->stream)
+		stream_pop(q, io, i);
+	if (!more)
+		io->inflight--;
+	maybe_finish(q, io);
+}
+
+/* Draining: members the target still waits on (a socket that will never answer) are cancelled. */
+void lease_cancel_members(struct queue *q, struct io *io)
+{
+	for (unsigned i = 0; i < io->submitted; i++) {
+		if (!io->ms[i].busy)
+			continue;
+		struct io_uring_sqe *sqe = queue_sqe(q);
+		io_uring_prep_cancel64(sqe, ud_make(io->req.tag, UD_MEMBER, i), 0);
+		io_uring_sqe_set_data64(sqe, ud_make(io->req.tag, UD_CANCEL, i));
+		sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+	}
 }

@@ -1,15 +1,24 @@
 /*
- * The queue thread: FETCH every tag, turn each fetched request into a lease (lease.cc), and
- * COMMIT_AND_FETCH its result. Everything a queue does is submitted in batches: SQEs made while
+ * The queue thread: FETCH every tag, hand each fetched request to the target and its lease (lease.cc),
+ * and COMMIT_AND_FETCH its result. Everything a queue does is submitted in batches: SQEs made while
  * draining one batch of completions go to the kernel in the next single io_uring_enter().
+ *
+ * Stopping never strands a request: a drain (device stop, or a queue failure) fails what the target holds
+ * and what arrives after; before the ring goes, every member still in flight is cancelled and waited for,
+ * so no buffer is freed under the kernel's feet.
  */
 #include "queue.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* CQEs one request can cause besides its parked command: leader, unlease, two per member (SEND_ZC's
+ * notification), and the target's own request-bound operations. */
+#define CQES_PER_REQUEST (2 + 2 * MAX_MEMBERS + MAX_REQUEST_OPS)
+#define MAX_CQ_ENTRIES 65536u /* IORING_MAX_CQ_ENTRIES */
+#define NO_TAG 0xffffu
 
 struct io_uring_sqe *queue_sqe(struct queue *q)
 {
@@ -20,6 +29,19 @@ struct io_uring_sqe *queue_sqe(struct queue *q)
 		sqe = io_uring_get_sqe(&q->ring);
 	}
 	return sqe;
+}
+
+void queue_set_error(struct queue *q, const std::string &msg)
+{
+	std::lock_guard<std::mutex> g(q->error_lock);
+	if (q->error.empty())
+		q->error = msg;
+}
+
+std::string queue_error(struct queue *q)
+{
+	std::lock_guard<std::mutex> g(q->error_lock);
+	return q->error;
 }
 
 static void prep_io_cmd(struct queue *q, struct io *io, uint32_t op, int32_t result)
@@ -42,12 +64,110 @@ static void prep_io_cmd(struct queue *q, struct io *io, uint32_t op, int32_t res
 
 void queue_commit(struct queue *q, struct io *io, int32_t result)
 {
-	io->serving = false;
+	io->state = IO_COMMITTING;
 	q->nr_serving--;
 	prep_io_cmd(q, io, UBLK_U_IO_COMMIT_AND_FETCH_REQ, result);
 }
 
-/* A request arrived on this tag: describe it to the target, then lease and serve it. */
+/* ---- what targets call ---- */
+
+void request_run(struct tq *tq, struct request *req)
+{
+	lease_run(tq->q, &tq->q->ios[req->tag]);
+}
+
+void request_complete(struct tq *tq, struct request *req, int32_t result)
+{
+	struct io *io = &tq->q->ios[req->tag];
+	if (io->held && io->state == IO_SERVING)
+		lease_release(tq->q, io, result);
+}
+
+struct io_uring_sqe *tq_sqe(struct tq *tq, struct request *req, uint64_t cookie)
+{
+	struct queue *q = tq->q;
+	struct io_uring_sqe *sqe = queue_sqe(q);
+	q->target_ops++;
+	/* A request-bound operation carries the request's generation: if the request ends first (a drain),
+	 * its late CQE is recognised and dropped instead of reaching the tag's next request. */
+	uint64_t ud = req ? ud_make(req->tag, UD_TARGET_REQ, cookie & 0xff, req->gen)
+			  : ((cookie & 0xffff) | (uint64_t)UD_TARGET << 16 | (cookie >> 16) << 24);
+	/* liburing 2.3's get_sqe clears nothing; its prep helpers leave user_data alone. */
+	memset(sqe, 0, sizeof(*sqe));
+	sqe->user_data = ud;
+	return sqe;
+}
+
+/* Drain: nothing is kept for later any more. What the target holds fails now, members it still waits on
+ * are cancelled, and requests that arrive later are not held (handle_request). */
+static void drain(struct queue *q)
+{
+	if (q->draining)
+		return;
+	q->draining = true;
+	for (struct io &io : q->ios) {
+		if (io.state != IO_SERVING || !io.held)
+			continue;
+		lease_cancel_members(q, &io);
+		io.req.nr_members = io.submitted; /* nothing new goes out */
+		lease_release(q, &io, -EIO);
+	}
+}
+
+void queue_fail(struct tq *tq, const std::string &why)
+{
+	struct queue *q = tq->q;
+	queue_set_error(q, why);
+	if (q->failed)
+		return;
+	q->failed = true;
+	drain(q);
+	if (q->dev->on_queue_failed)
+		q->dev->on_queue_failed();
+}
+
+int queue_complete_remote(struct queue *q, uint16_t tag, uint32_t gen, int32_t result)
+{
+	{
+		std::lock_guard<std::mutex> g(q->remote_lock);
+		if (q->remote.size() >= q->dev->depth)
+			return -EAGAIN;
+		q->remote.push_back({tag, gen, result});
+	}
+	uint64_t one = 1;
+	(void)!write(q->wake_fd, &one, sizeof(one));
+	return 0;
+}
+
+void queue_request_drain(struct queue *q)
+{
+	q->stop_requested = true;
+	uint64_t one = 1;
+	(void)!write(q->wake_fd, &one, sizeof(one));
+}
+
+/* ---- the request cycle ---- */
+
+static void start_request(struct queue *q, struct io *io)
+{
+	struct request *req = &io->req;
+	if (q->failed) {
+		queue_commit(q, io, -EIO);
+		return;
+	}
+	int how = q->dev->tgt.ops->queue_io(&q->tq, req);
+	if (how == QUEUE_IO_PENDING) {
+		io->held = true;
+		lease_run(q, io);
+		/* Stopping: a request may not wait for something that will never come. */
+		if (q->draining && io->held && io->state == IO_SERVING)
+			lease_release(q, io, -EIO);
+		return;
+	}
+	lease_release(q, io, req->result);
+}
+
+/* A request arrived on this tag: serve it now, or after others if the CQ has no room for it yet. */
 static void handle_request(struct queue *q, struct io *io)
 {
 	const struct ublksrv_io_desc *d = &q->descs[io->req.tag];
@@ -56,13 +176,45 @@ static void handle_request(struct queue *q, struct io *io)
 	req->flags = d->op_flags & ~0xffu;
 	req->offset = d->start_sector << 9;
 	req->len = d->nr_sectors << 9;
+	req->gen++;
 	req->nr_members = 0;
 	req->result = 0;
+	req->copy = false;
+	req->overflow = false;
+	io->state = IO_SERVING;
 	io->err = 0;
-	io->serving = true;
+	io->tresult = 0;
+	io->nr_cov = 0;
+	io->submitted = 0;
+	io->inflight = 0;
+	io->held = false;
+	io->copied_in = false;
+	io->recommitted = false;
 	q->nr_serving++;
-	q->dev->tgt.ops->queue_io(&q->dev->tgt, req);
-	lease_start(q, io, (req->flags & UBLK_IO_F_NEED_REG_BUF) != 0);
+	if (q->nr_serving > q->max_serving) {
+		io->backlog_next = NO_TAG;
+		if (q->backlog_head == NO_TAG)
+			q->backlog_head = io->req.tag;
+		else
+			q->ios[q->backlog_tail].backlog_next = io->req.tag;
+		q->backlog_tail = io->req.tag;
+		return;
+	}
+	start_request(q, io);
+}
+
+static void start_backlog(struct queue *q)
+{
+	/* nr_serving counts the backlog too: what is started is nr_serving minus what waits. */
+	unsigned waiting = 0;
+	for (uint16_t t = q->backlog_head; t != NO_TAG; t = q->ios[t].backlog_next)
+		waiting++;
+	while (q->backlog_head != NO_TAG && q->nr_serving - waiting < q->max_serving) {
+		struct io *io = &q->ios[q->backlog_head];
+		q->backlog_head = io->backlog_next;
+		waiting--;
+		start_request(q, io);
+	}
 }
 
 static void handle_cmd_cqe(struct queue *q, struct io *io, int res)
@@ -71,21 +223,118 @@ static void handle_cmd_cqe(struct queue *q, struct io *io, int res)
 		handle_request(q, io);
 		return;
 	}
-	/* ABORT, cancellation, or a rejected command: this tag is finished. A rejection should never happen;
-	 * record it for the server's log rather than spin on a resend. */
-	if (res != UBLK_IO_RES_ABORT && res != -ECANCELED && q->error.empty())
-		q->error = "tag " + std::to_string(io->req.tag) + ": FETCH/COMMIT refused: " + strerror(-res);
-	if (!io->dead) {
-		io->dead = true;
-		q->nr_dead++;
+	if (res == UBLK_IO_RES_ABORT || res == -ECANCELED) {
+		/* The kernel is done with this tag (STOP_DEV, or the ring is going away). */
+		if (io->state != IO_DEAD)
+			q->nr_dead++;
+		io->state = IO_DEAD;
+		return;
 	}
+	std::string what = io->state == IO_FETCHING ? "FETCH" : "COMMIT";
+	queue_set_error(q, "tag " + std::to_string(io->req.tag) + ": " + what + " refused: " + strerror(-res));
+	if (io->state == IO_COMMITTING && !io->recommitted) {
+		/* The kernel still counts the request as ours: complete it with an error rather than leave it
+		 * to hang STOP_DEV. */
+		io->recommitted = true;
+		q->nr_serving++;
+		queue_commit(q, io, -EIO);
+		return;
+	}
+	io->state = IO_DEAD;
+	q->nr_dead++;
+	queue_fail(&q->tq, queue_error(q));
 }
 
 static void arm_wake(struct queue *q)
 {
 	struct io_uring_sqe *sqe = queue_sqe(q);
-	io_uring_prep_poll_add(sqe, q->wake_fd, POLLIN);
+	/* A read, not a poll: it consumes the counter, so the eventfd is quiet again until the next wake. */
+	io_uring_prep_read(sqe, q->wake_fd, &q->wake_val, sizeof(q->wake_val), 0);
 	io_uring_sqe_set_data64(sqe, ud_make(0, UD_WAKE, 0));
+}
+
+static void on_wake(struct queue *q, int res)
+{
+	std::vector<struct remote_completion> batch;
+	{
+		std::lock_guard<std::mutex> g(q->remote_lock);
+		batch.swap(q->remote);
+		q->remote.reserve(q->dev->depth);
+	}
+	for (const struct remote_completion &c : batch) {
+		struct io *io = &q->ios[c.tag % q->dev->depth];
+		if (io->req.gen == c.gen)
+			request_complete(&q->tq, &io->req, c.result);
+	}
+	if (q->stop_requested.load())
+		drain(q);
+	/* A cancelled read (teardown) is not re-armed. */
+	if (!q->force_stop.load() && res != -ECANCELED)
+		arm_wake(q);
+}
+
+static void on_target_cqe(struct queue *q, uint64_t ud, const struct io_uring_cqe *cqe, bool bound)
+{
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		q->target_ops--;
+	const struct target_ops *ops = q->dev->tgt.ops;
+	if (!bound) {
+		ops->on_cqe(&q->tq, nullptr, (ud & 0xffff) | (ud >> 24) << 16, cqe);
+		return;
+	}
+	struct io *io = &q->ios[(ud & 0xffff) % q->dev->depth];
+	/* Its request is gone, or no longer held by the target (drained): a late CQE never reaches the
+	 * tag's next request, nor a request the target has let go. */
+	if (io->req.gen != (uint32_t)(ud >> 32) || io->state != IO_SERVING || !io->held)
+		return;
+	ops->on_cqe(&q->tq, &io->req, (ud >> 24) & 0xff, cqe);
+}
+
+static void dispatch_cqe(struct queue *q, const struct io_uring_cqe *cqe)
+{
+	uint64_t ud = io_uring_cqe_get_data64(cqe);
+	enum ud_kind kind = (enum ud_kind)((ud >> 16) & 0xff);
+	struct io *io = &q->ios[(ud & 0xffff) % q->dev->depth];
+
+	switch (kind) {
+	case UD_CMD:
+		handle_cmd_cqe(q, io, cqe->res);
+		break;
+	case UD_LEADER:
+		lease_on_leader(q, io, cqe->res);
+		break;
+	case UD_MEMBER:
+		lease_on_member(q, io, (ud >> 24) & 0xff, cqe);
+		break;
+	case UD_UNLEASE:
+		/* Only failures post (CQE_SKIP_SUCCESS): the slot stays taken and the next lease on it fails
+		 * cleanly with -EBUSY rather than hanging. */
+		queue_set_error(q, "UNREGISTER_IO_BUF refused: " + std::string(strerror(-cqe->res)));
+		break;
+	case UD_WAKE:
+		on_wake(q, cqe->res);
+		break;
+	case UD_TARGET:
+	case UD_TARGET_REQ:
+		on_target_cqe(q, ud, cqe, kind == UD_TARGET_REQ);
+		break;
+	case UD_CANCEL:
+		break; /* a cancellation that found nothing to cancel: the member completed meanwhile */
+	}
+}
+
+/* Handle every CQE that is there; returns how many. */
+static unsigned reap(struct queue *q)
+{
+	struct io_uring_cqe *cqe;
+	unsigned head, n = 0;
+	io_uring_for_each_cqe(&q->ring, head, cqe)
+	{
+		dispatch_cqe(q, cqe);
+		n++;
+	}
+	io_uring_cq_advance(&q->ring, n);
+	return n;
 }
 
 static int setup_ring(struct queue *q)
@@ -96,21 +345,29 @@ static int setup_ring(struct queue *q)
 		entries <<= 1;
 	if (entries > 4096)
 		entries = 4096;
+	/* The CQ holds every parked command, the wake, the target's queue-wide operations and the worst
+	 * case of every request served at once; past the kernel's CQ limit fewer requests are served at
+	 * once (the rest wait in the backlog), so no CQ overflow can end a queue. */
+	unsigned fixed = dev->depth + 2 + dev->tgt.ops->queue_ops;
+	uint64_t want = fixed + (uint64_t)dev->depth * CQES_PER_REQUEST;
+	unsigned cq = entries * 2;
+	while (cq < want && cq < MAX_CQ_ENTRIES)
+		cq <<= 1;
+	q->max_serving = cq >= want ? dev->depth : (cq - fixed) / CQES_PER_REQUEST;
 	struct io_uring_params p = {};
-	/* Members of every tag plus the armed commands must fit in the CQ. */
 	p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER |
 		  IORING_SETUP_DEFER_TASKRUN;
-	p.cq_entries = entries * 4;
+	p.cq_entries = cq;
 	int ret = io_uring_queue_init_params(entries, &q->ring, &p);
 	if (ret == -EINVAL) {
 		/* Kernels before 6.1 lack deferred task work. */
 		p = {};
 		p.flags = IORING_SETUP_CQSIZE;
-		p.cq_entries = entries * 4;
+		p.cq_entries = cq;
 		ret = io_uring_queue_init_params(entries, &q->ring, &p);
 	}
 	if (ret < 0) {
-		q->error = std::string("io_uring_queue_init: ") + strerror(-ret);
+		queue_set_error(q, std::string("io_uring_queue_init: ") + strerror(-ret));
 		return ret;
 	}
 	q->ring_ready = true;
@@ -121,14 +378,14 @@ static int setup_ring(struct queue *q)
 		files.push_back(fd);
 	ret = io_uring_register_files(&q->ring, files.data(), files.size());
 	if (ret < 0) {
-		q->error = std::string("io_uring_register_files: ") + strerror(-ret);
+		queue_set_error(q, std::string("io_uring_register_files: ") + strerror(-ret));
 		return ret;
 	}
 	if (dev->mode == MODE_LEASE || dev->mode == MODE_AUTO_LEASE) {
 		/* Slots [0, depth) for the driver's auto leases, [depth, 2*depth) for our own leases. */
 		ret = io_uring_register_buffers_sparse(&q->ring, 2u * dev->depth);
 		if (ret < 0) {
-			q->error = std::string("io_uring_register_buffers_sparse: ") + strerror(-ret);
+			queue_set_error(q, std::string("io_uring_register_buffers_sparse: ") + strerror(-ret));
 			return ret;
 		}
 	}
@@ -139,60 +396,108 @@ static int setup_ios(struct queue *q)
 {
 	const struct device_ctx *dev = q->dev;
 	q->ios.resize(dev->depth);
+	q->remote.reserve(dev->depth);
+	q->backlog_head = q->backlog_tail = NO_TAG;
+	for (struct stream &s : q->streams)
+		s = {STREAM_END, STREAM_END, false};
 	for (uint16_t tag = 0; tag < dev->depth; tag++) {
 		struct io *io = &q->ios[tag];
 		*io = {};
 		io->req.q_id = q->q_id;
 		io->req.tag = tag;
+		io->state = IO_FETCHING;
 		if (dev->mode == MODE_COPY || dev->mode == MODE_USER_COPY) {
 			if (posix_memalign(&io->buf, 4096, dev->max_io_bytes)) {
-				q->error = "out of memory for copy buffers";
+				queue_set_error(q, "out of memory for copy buffers");
 				return -ENOMEM;
 			}
 		}
 	}
+	q->tq = {q, &dev->tgt, nullptr, q->q_id, dev->depth};
+	if (dev->tgt.ops->queue_init) {
+		int ret = dev->tgt.ops->queue_init(&q->tq);
+		if (ret < 0) {
+			queue_set_error(q, std::string("target queue_init: ") + strerror(-ret));
+			return ret;
+		}
+	}
+	q->target_ready = true;
 	return 0;
+}
+
+static bool members_in_flight(const struct queue *q)
+{
+	if (q->target_ops > 0)
+		return true;
+	for (const struct io &io : q->ios)
+		if (io.inflight > 0 || io.leasing)
+			return true;
+	return false;
+}
+
+/* Before the ring goes: cancel and wait for every operation that could still touch our memory (a
+ * closed ring's requests run on in the kernel). Bounded; what does not end in time keeps its memory. */
+static bool quiesce(struct queue *q)
+{
+	if (!members_in_flight(q))
+		return true;
+	struct io_uring_sqe *sqe = queue_sqe(q);
+	io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+	io_uring_sqe_set_data64(sqe, ud_make(0, UD_CANCEL, 0));
+	q->draining = true;
+	struct __kernel_timespec ts = {5, 0};
+	while (members_in_flight(q)) {
+		struct io_uring_cqe *cqe;
+		io_uring_submit(&q->ring);
+		if (io_uring_wait_cqe_timeout(&q->ring, &cqe, &ts) == -ETIME)
+			break;
+		reap(q);
+	}
+	io_uring_submit(&q->ring);
+	return !members_in_flight(q);
 }
 
 static void teardown(struct queue *q)
 {
+	bool quiet = !q->ring_ready || quiesce(q);
 	if (q->ring_ready)
 		io_uring_queue_exit(&q->ring); /* cancels whatever commands are still armed */
 	q->ring_ready = false;
+	if (q->target_ready && q->dev->tgt.ops->queue_deinit)
+		q->dev->tgt.ops->queue_deinit(&q->tq);
+	q->target_ready = false;
+	if (!quiet) {
+		/* The kernel may still write into these: leaking them is the safe choice. */
+		queue_set_error(q, "members still in flight after 5 s at teardown; their buffers are kept");
+		return;
+	}
 	for (struct io &io : q->ios)
 		free(io.buf);
 	q->ios.clear();
 }
 
-static void dispatch_cqe(struct queue *q, const struct io_uring_cqe *cqe)
+/* After the first submit: a FETCH the kernel refused has already posted its CQE. Seeing it here turns
+ * into a failed add at once, instead of a START_DEV that waits for that tag forever. */
+static int check_fetches(struct queue *q)
 {
-	uint64_t ud = io_uring_cqe_get_data64(cqe);
-	uint16_t tag = ud & 0xffff;
-	enum ud_kind kind = (enum ud_kind)((ud >> 16) & 0xff);
-	unsigned member = (ud >> 24) & 0xff;
-	struct io *io = &q->ios[tag];
-
-	switch (kind) {
-	case UD_CMD:
-		handle_cmd_cqe(q, io, cqe->res);
-		break;
-	case UD_LEADER:
-		lease_on_leader(q, io, cqe->res);
-		break;
-	case UD_MEMBER:
-		lease_on_member(q, io, member, cqe->res);
-		break;
-	case UD_UNLEASE:
-		/* Only failures post (CQE_SKIP_SUCCESS): the slot stays taken and the next lease on it fails
-		 * cleanly with -EBUSY rather than hanging. */
-		if (q->error.empty())
-			q->error = "UNREGISTER_IO_BUF refused: " + std::string(strerror(-cqe->res));
-		break;
-	case UD_WAKE:
-		if (!q->force_stop.load())
-			arm_wake(q);
-		break;
+	struct io_uring_cqe *cqe;
+	unsigned head, n = 0;
+	int ret = 0;
+	io_uring_get_events(&q->ring);
+	io_uring_for_each_cqe(&q->ring, head, cqe)
+	{
+		uint64_t ud = io_uring_cqe_get_data64(cqe);
+		if (((ud >> 16) & 0xff) == UD_CMD && cqe->res < 0 && ret == 0) {
+			queue_set_error(q, "the kernel refused FETCH of tag " + std::to_string(ud & 0xffff) + ": " +
+						   strerror(-cqe->res));
+			ret = cqe->res;
+		}
+		n++;
 	}
+	if (ret == 0)
+		return 0;
+	io_uring_cq_advance(&q->ring, n);
+	return ret;
 }
 
 void queue_run(struct queue *q, const std::function<void()> &ready)
@@ -206,9 +511,9 @@ void queue_run(struct queue *q, const std::function<void()> &ready)
 		arm_wake(q);
 		ret = io_uring_submit(&q->ring);
 		if (ret < 0)
-			q->error = std::string("submitting FETCH: ") + strerror(-ret);
+			queue_set_error(q, std::string("submitting FETCH: ") + strerror(-ret));
 		else
-			ret = 0;
+			ret = check_fetches(q);
 	}
 	ready();
 	if (ret < 0) {
@@ -220,17 +525,12 @@ void queue_run(struct queue *q, const std::function<void()> &ready)
 	while (!q->force_stop.load() && (q->nr_dead < q->dev->depth || q->nr_serving > 0)) {
 		ret = io_uring_submit_and_wait(&q->ring, 1);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
-			q->error = std::string("io_uring_enter: ") + strerror(-ret);
+			queue_fail(&q->tq, std::string("io_uring_enter: ") + strerror(-ret));
 			break;
 		}
-		struct io_uring_cqe *cqe;
-		unsigned head, n = 0;
-		io_uring_for_each_cqe(&q->ring, head, cqe)
-		{
-			dispatch_cqe(q, cqe);
-			n++;
-		}
-		io_uring_cq_advance(&q->ring, n);
+		reap(q);
+		if (q->backlog_head != NO_TAG)
+			start_backlog(q);
 	}
 	/* Submit the last commits so the kernel can complete them before the ring goes. */
 	io_uring_submit(&q->ring);

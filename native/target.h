@@ -1,11 +1,17 @@
 /*
  * The contract between the engine and a target: one small ops table per target (targets/<name>/).
  *
- * A target never builds SQEs and never sees the data mode. For each request it describes *members*:
- * backend operations on its files (fixed-file index 1..n, in the order the TypeScript side opened them)
- * that read into or write from the request's buffer at an offset. The engine turns members into io_uring
- * SQEs on whatever buffer the mode provides (a leased fixed buffer, or a copy buffer), submits them in
- * parallel, continues short transfers and folds their results into the one result it commits.
+ * A target never sees the data mode or the lease. For each request it describes *members*: backend
+ * operations on its fixed files (1..n, in the order the TypeScript side opened them) that move bytes
+ * between the request's buffer (or the target's own memory, e.g. a protocol header) and a file or socket.
+ * The engine turns members into io_uring SQEs on whatever buffer the mode provides (a leased fixed buffer
+ * or a copy buffer), continues short transfers, holds the lease until every member and every zero-copy
+ * notification is done, folds the results and commits.
+ *
+ * A request is either finished by queue_io (members described, or req->result set) or kept *pending*: the
+ * target returns QUEUE_IO_PENDING, and later adds members (request_run) and releases it
+ * (request_complete), from its own ring operations (tq_sqe) or from another thread
+ * (queue_complete_remote). The queue thread alone talks to the kernel.
  */
 #pragma once
 #include <stdint.h>
@@ -16,28 +22,46 @@
 
 #include "ublk_abi.h"
 
+struct io_uring_sqe;
+struct io_uring_cqe;
+struct queue;
+
 enum member_kind : uint8_t {
-	MEMBER_READ,      /* file -> request buffer */
-	MEMBER_WRITE,     /* request buffer -> file */
+	MEMBER_READ,      /* file -> buffer (READ_FIXED on the lease); on a socket, a plain read */
+	MEMBER_WRITE,     /* buffer -> file */
 	MEMBER_FSYNC,     /* fdatasync */
 	MEMBER_FALLOCATE, /* mode in .mode, range in .file_off/.len */
+	MEMBER_SEND,      /* buffer -> socket (fixed-buffer send on the lease) */
+	MEMBER_SEND_ZC,   /* zero-copy send: two completions; the lease is held until the notification */
+	MEMBER_RECV,      /* socket -> buffer, MSG_WAITALL (READ_FIXED on the lease) */
 };
+
+/* .ptr is the target's own memory (a protocol header), not the request's buffer. */
+#define MEMBER_F_TARGET_BUF 1
 
 struct member {
 	enum member_kind kind;
 	uint8_t file;      /* fixed-file index; 0 is /dev/ublkcN, targets use 1.. */
-	uint16_t rw_flags; /* RWF_* for reads and writes (RWF_DSYNC for FUA) */
+	uint8_t stream;    /* 0: parallel, unlinked; n: issued one at a time, in order, on the queue's stream n */
+	uint8_t flags;     /* MEMBER_F_* */
+	uint32_t rw_flags; /* RWF_* for reads and writes (RWF_DSYNC for FUA), MSG_* for sends */
 	uint32_t mode;     /* fallocate mode */
-	uint32_t buf_off;  /* offset in the request buffer */
-	uint32_t len;      /* bytes still to move */
+	uint32_t buf_off;  /* offset in the request buffer (or in .ptr) */
+	uint32_t len;      /* bytes to move */
 	uint64_t file_off;
+	void *ptr;         /* with MEMBER_F_TARGET_BUF */
 };
 
 #define MAX_MEMBERS 16
+#define MAX_STREAMS 8
+/* Ring operations of its own a target may have in flight per request (tq_sqe with a request). */
+#define MAX_REQUEST_OPS 2
 
 struct target_config {
-	std::vector<int> fds;                 /* opened by the TypeScript target, registered as files 1..n */
-	std::map<std::string, int64_t> nums;  /* target-specific numeric options */
+	std::vector<int> fds;                            /* registered as files 1..n */
+	std::map<std::string, int64_t> nums;             /* target-specific numeric options */
+	std::map<std::string, std::vector<int64_t>> lists; /* repeated numeric options (ranges) */
+	std::map<std::string, std::string> strs;
 	int64_t num(const char *key, int64_t dflt) const
 	{
 		auto it = nums.find(key);
@@ -51,40 +75,99 @@ struct target {
 	void *priv;
 };
 
+/* A target's view of one queue; passed to every per-queue callback. */
+struct tq {
+	struct queue *q;
+	const struct target *t;
+	void *priv;        /* per-queue target state (queue_init) */
+	uint16_t q_id;
+	uint16_t depth;
+};
+
 /* What a target sees of one request. */
 struct request {
 	uint16_t q_id;
 	uint16_t tag;
+	uint32_t gen;        /* new with every request on this tag: stale completions are told apart */
 	uint8_t op;          /* UBLK_IO_OP_* */
 	uint32_t flags;      /* UBLK_IO_F_* */
 	uint64_t offset;     /* bytes */
 	uint32_t len;        /* bytes */
-	struct member members[MAX_MEMBERS];
-	uint8_t nr_members;
 	int32_t result;      /* set by the target when it adds no member */
+	bool copy;           /* serve through a copy the target can read and write (request_buf) */
+	bool overflow;       /* more members were added than MAX_MEMBERS: the request fails */
+	uint8_t nr_members;
+	struct member members[MAX_MEMBERS + 1]; /* the last one absorbs an overflow */
+};
+
+enum { QUEUE_IO_DONE, QUEUE_IO_PENDING };
+
+/* What a member's completion does to the request (on_member). */
+enum member_fold {
+	FOLD_DEFAULT, /* an error fails the request; a full transfer counts toward covering it */
+	FOLD_IGNORE,  /* as if the member had not been there (a failed mirror leg) */
+	FOLD_RETRY,   /* the target changed the member (another leg, or the next piece of a request with
+		       * more pieces than MAX_MEMBERS): issue it again */
 };
 
 struct target_ops {
 	const char *name;
-	/* Called once per device on the JavaScript thread; return 0 or -errno. */
+	/* Once per device on the JavaScript thread; return 0 or -errno. */
 	int (*init)(struct target *t);
 	void (*deinit)(struct target *t);
-	/* Describe the request's members, or set req->result and add none. Runs on the queue thread:
-	 * must not block. */
-	void (*queue_io)(const struct target *t, struct request *req);
+	/* Optional, on the queue thread before the first FETCH and after the last commit. */
+	int (*queue_init)(struct tq *tq);
+	void (*queue_deinit)(struct tq *tq);
+	/* Describe the request's members or set req->result, and return QUEUE_IO_DONE; or keep it and
+	 * return QUEUE_IO_PENDING. Runs on the queue thread: must not block. */
+	int (*queue_io)(struct tq *tq, struct request *req);
+	/* Optional: a member finished (res as io_uring gave it, after short transfers were continued). */
+	enum member_fold (*on_member)(struct tq *tq, struct request *req, unsigned idx, int res);
+	/* Optional: one of the target's own ring operations completed; req is null for queue-wide ones,
+	 * and a request-bound one whose request has ended meanwhile is dropped, never delivered. */
+	void (*on_cqe)(struct tq *tq, struct request *req, uint64_t cookie, const struct io_uring_cqe *cqe);
+	/* Queue-wide ring operations of its own the target keeps in flight at most (sizes the CQ). */
+	unsigned queue_ops;
+	/* Optional: the target's live state as the text of a JSON object (a mirror's legs), shown by `list`
+	 * and logged when it changes. Called on the JavaScript thread while queues run: read only what is
+	 * safe to read from there (atomics). */
+	std::string (*status)(const struct target *t);
 };
 
-/* Member builders for queue_io. */
+/* Member builder for queue_io. Past MAX_MEMBERS it marks the request failed and returns a scratch slot,
+ * so a target never writes through a null pointer and never has a member silently dropped. */
 static inline struct member *add_member(struct request *req, enum member_kind kind, uint8_t file)
 {
-	if (req->nr_members >= MAX_MEMBERS)
-		return nullptr;
-	struct member *m = &req->members[req->nr_members++];
+	struct member *m;
+	if (req->nr_members >= MAX_MEMBERS) {
+		req->overflow = true;
+		m = &req->members[MAX_MEMBERS];
+	} else {
+		m = &req->members[req->nr_members++];
+	}
 	*m = member{};
 	m->kind = kind;
 	m->file = file;
 	return m;
 }
+
+/* ---- What the engine offers a target (queue thread only, except queue_complete_remote) ---- */
+
+/* Issue the members added since the last call (leasing the buffer first if the mode needs it). */
+void request_run(struct tq *tq, struct request *req);
+/* Release a pending request: it completes once its members are done. A negative result fails it; with
+ * no members, result is what is committed. */
+void request_complete(struct tq *tq, struct request *req, int32_t result);
+/* The bytes of a request served through a copy (req->copy, or a copy data mode), else null. */
+void *request_buf(struct tq *tq, struct request *req);
+/* An SQE for the target's own operation; its CQE comes back through on_cqe with this cookie (at most
+ * 8 bits with a request, 48 without). Bound to req when given: at most MAX_REQUEST_OPS in flight. */
+struct io_uring_sqe *tq_sqe(struct tq *tq, struct request *req, uint64_t cookie);
+/* The queue cannot go on: every request it holds fails with EIO, new ones too, and the device stops. */
+void queue_fail(struct tq *tq, const std::string &why);
+/* From any thread: complete pending request (tag, gen) with result. Returns 0, or -EAGAIN if the bounded
+ * hand-over queue is full (one entry per tag: only a target that completes twice can fill it). */
+int queue_complete_remote(struct queue *q, uint16_t tag, uint32_t gen, int32_t result);
 
 void target_register(const struct target_ops *ops);
 const struct target_ops *target_find(const std::string &name);

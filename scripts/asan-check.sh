@@ -28,6 +28,21 @@ for mode in auto-lease lease user-copy copy; do
   rm -f /tmp/asan-$mode.img
   echo "asan-check: $mode served verify, flush, discard and delete under load"
 done
+# The asynchronous paths: requests held behind the target's own timeouts, reads served through a
+# per-request copy beside the lease, and a delete while requests are stalled.
+id=$(ublk add --target fault --over file --file /tmp/asan-fault.img --size 64M --delay-us 2000 --corrupt-range 1M:1M \
+  --queues 2 --json | node -e 'console.log(JSON.parse(require("fs").readFileSync(0)).id)')
+fio --name=f --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randrw --bsrange=4k-128k --iodepth=64 \
+  --size=64M --time_based --runtime=10 --output-format=terse >/dev/null
+ublk del -n $id
+id=$(ublk add --target fault --over file --file /tmp/asan-fault.img --stall-range 0:64M --queues 2 --json \
+  | node -e 'console.log(JSON.parse(require("fs").readFileSync(0)).id)')
+fio --name=s --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randread --bs=4k --iodepth=64 --time_based --runtime=60 >/dev/null 2>&1 &
+sleep 3
+ublk del -n $id
+wait || true
+rm -f /tmp/asan-fault.img
+echo "asan-check: fault served delays, per-request copies and a delete under stalled requests"
 if grep -l "AddressSanitizer" /tmp/asan-state/*.log; then
   grep -h -A30 "AddressSanitizer" /tmp/asan-state/*.log | head -60
   exit 1

@@ -1,13 +1,15 @@
 // The background server process `ublk-ts add` starts. It brings the device up itself (the char device,
-// its mappings and the rings must belong to the process that serves them), reports one JSON line on fd 3,
-// then serves until SIGTERM/SIGINT or until the kernel stops the device.
+// its mappings and the rings must belong to the process that serves them), reports on fd 3 (the device id
+// right after ADD_DEV, then one line with the outcome), then serves until SIGTERM/SIGINT, a queue failure,
+// or until the kernel stops the device.
 import fs from 'node:fs';
 import { Server, serveUntilStopped, type ServeOptions } from './server.js';
+import { errorKind, oneLine } from './errors.js';
 
-function report(msg: object): void {
+function report(msg: object, last = true): void {
   try {
     fs.writeSync(3, JSON.stringify(msg) + '\n');
-    fs.closeSync(3);
+    if (last) fs.closeSync(3);
   } catch {
     // The parent may be gone; the log still has the story.
   }
@@ -18,9 +20,9 @@ async function main(): Promise<void> {
   const log = (line: string) => console.log(`${new Date().toISOString()} ${line}`);
   let server: Server;
   try {
-    server = await Server.start(opts);
+    server = await Server.start({ ...opts, onAdded: (id) => report({ added: id }, false), statusLog: log });
   } catch (e) {
-    report({ ok: false, error: (e as Error).message });
+    report({ ok: false, error: oneLine(e), kind: errorKind(e) });
     log(`failed: ${(e as Error).message}`);
     process.exit(1);
   }

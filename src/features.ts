@@ -39,7 +39,7 @@ export function chooseMode(requested: DataMode | 'auto', features: bigint, moves
   const allowed = allowedModes(features);
   if (requested !== 'auto') {
     if (!allowed.includes(requested))
-      throw new UserError(`data mode ${requested} is not supported by this kernel (it allows: ${allowed.join(', ')})`);
+      throw new UserError(`--data-mode ${requested} is not supported by this kernel (it allows: ${allowed.join(', ')})`, 'kernel');
     return requested;
   }
   if (!movesData && allowed.includes('user-copy')) return 'user-copy';
@@ -48,7 +48,7 @@ export function chooseMode(requested: DataMode | 'auto', features: bigint, moves
 
 /** Fails in one line when the kernel has no ublk driver, without loading the addon. */
 export function requireDriver(): void {
-  if (!fs.existsSync('/dev/ublk-control')) throw new UserError(NO_DRIVER);
+  if (!fs.existsSync('/dev/ublk-control')) throw new UserError(NO_DRIVER, 'kernel');
 }
 
 export async function getFeatures(): Promise<bigint> {

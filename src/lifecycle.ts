@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { addon, projectRoot } from './native.js';
-import { explain, isKernelError, UserError } from './errors.js';
+import { explain, isErrorKind, isKernelError, UserError } from './errors.js';
 import type { Server, ServeOptions } from './server.js';
 import { processAlive, readRecord, readRecords, removeRecord, stateDir, type DeviceRecord } from './state.js';
 
@@ -20,27 +20,44 @@ export async function addDevice(o: Omit<ServeOptions, 'log'>, timeoutMs = 120_00
   });
   fs.closeSync(out);
   const pipe = child.stdio[3] as NodeJS.ReadableStream;
+  let added: number | undefined;
   const line = await new Promise<string>((resolve, reject) => {
     let buf = '';
     const timer = setTimeout(() => reject(new Error(`server did not come up within ${timeoutMs / 1000}s (log: ${log})`)), timeoutMs);
     pipe.on('data', (d: Buffer) => {
       buf += d.toString();
-      if (buf.includes('\n')) {
+      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+        const l = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        const m = JSON.parse(l) as { added?: number };
+        if (m.added !== undefined) {
+          added = m.added;
+          continue;
+        }
         clearTimeout(timer);
-        resolve(buf.slice(0, buf.indexOf('\n')));
+        resolve(l);
       }
     });
     child.on('exit', (code) => {
       clearTimeout(timer);
-      if (!buf.includes('\n')) reject(new Error(`server exited (${code}) before reporting (log: ${log})`));
+      reject(new Error(`server exited (${code}) before reporting (log: ${log})`));
     });
+  }).catch(async (e: unknown) => {
+    // Giving up: the server must not live on, nor leave the device it made.
+    child.kill('SIGKILL');
+    if (added !== undefined) {
+      const { removeFromKernel } = await import('./server.js');
+      await removeFromKernel(added).catch(() => undefined);
+    }
+    throw e;
   });
-  const msg = JSON.parse(line) as { ok: boolean; error?: string; record?: DeviceRecord };
+  const msg = JSON.parse(line) as { ok: boolean; error?: string; kind?: unknown; record?: DeviceRecord };
   child.unref();
   (pipe as unknown as { destroy(): void }).destroy();
   if (!msg.ok || !msg.record) {
     fs.rmSync(log, { force: true });
-    throw new UserError(msg.error ?? 'server failed');
+    // The server says what kind of failure it was, so the exit status is the same as with --foreground.
+    throw new UserError(msg.error ?? 'server failed', isErrorKind(msg.kind) ? msg.kind : 'other');
   }
   return msg.record;
 }
@@ -84,7 +101,7 @@ export async function deleteDevice(id: number, timeoutMs = 10_000): Promise<void
   } catch (e) {
     if (!(isKernelError(e) && e.code === 'ENODEV')) throw explain(e);
     if (rec) return; // its server deleted it
-    throw new UserError(`no ublk device ${id}`);
+    throw new UserError(`-n ${id}: no such ublk device (\`ublk-ts list\` shows them)`, 'not-found');
   }
   // No server (crashed, or killed above): the kernel keeps the id until someone deletes it.
   const { removeFromKernel } = await import('./server.js');

@@ -55,13 +55,27 @@ export interface DeviceOptions {
   mode: DataMode;
   target: string;
   fds: number[];
-  options?: Record<string, number>;
+  options?: TargetOptions;
+  /** The device has USER_COPY beside zero copy: the target may ask to see a request's bytes. */
+  userCopy?: boolean;
 }
 
+/** Options for the native side of a target: numbers, lists of numbers (ranges), strings. */
+export type TargetOptions = Record<string, number | number[] | string>;
+
 export interface NativeDevice {
+  /** Opens the char device, starts the queue threads, FETCHes every tag; rejects on a refused FETCH. */
   start(): Promise<void>;
+  /** Resolves when every queue thread has ended; rejects as soon as one queue fails. */
   wait(): Promise<void>;
+  /** Stop holding requests (they fail with EIO), ahead of STOP_DEV. Never blocks. */
+  drain(): void;
+  /** Resolves when every queue thread has ended; rejects with the queues' errors. */
+  join(): Promise<void>;
   forceStop(): void;
+  /** The target's live state as JSON text (a mirror's legs), or '' if it has none. */
+  status(): string;
+  /** Releases everything; only once join() (and wait(), if called) have settled. */
   close(): void;
 }
 

@@ -18,19 +18,41 @@ export interface ServeOptions {
   mode?: DataMode | 'auto';
   maxIoBytes?: number;
   log: string;
+  /** Told the device id right after ADD_DEV, so whoever started this server can clean up after it. */
+  onAdded?: (id: number) => void;
+  /** Where changes of the target's live state are logged. */
+  statusLog?: (line: string) => void;
 }
+
+const STATUS_INTERVAL_MS = 1000;
 
 export const MAX_IO_BYTES = 1 << 20;
 
 export class Server {
   private stopping: Promise<void> | undefined;
+  private readonly watch: NodeJS.Timeout;
+  private lastStatus = '';
 
   private constructor(
     readonly record: DeviceRecord,
     private readonly dev: NativeDevice,
     private readonly opened: OpenedTarget,
     readonly done: Promise<void>,
-  ) {}
+    private readonly log: (line: string) => void,
+  ) {
+    this.watch = setInterval(() => this.checkStatus(), STATUS_INTERVAL_MS).unref();
+    this.checkStatus();
+  }
+
+  /** A target with live state (a mirror's legs): logged when it changes, kept in the record for `list`. */
+  private checkStatus(): void {
+    const text = this.dev.status();
+    if (text === '' || text === this.lastStatus) return;
+    this.lastStatus = text;
+    this.log(`target status: ${text}`);
+    this.record.info = { ...this.record.info, ...(JSON.parse(text) as Record<string, string | number | boolean>) };
+    writeRecord(this.record);
+  }
 
   /** Brings the device up; resolves once /dev/ublkbN exists and serves IO. */
   static async start(o: ServeOptions): Promise<Server> {
@@ -45,16 +67,17 @@ export class Server {
     let devId: number | undefined;
     let dev: NativeDevice | undefined;
     try {
+      const flags = modeFlags(mode) | copyFlags(opened, mode, features);
       const info = await addon.addDev({
         devId: o.id ?? -1 >>> 0,
         queues,
         depth,
         maxIoBufBytes: o.maxIoBytes ?? MAX_IO_BYTES,
-        flags: modeFlags(mode),
+        flags,
       });
       devId = info.devId;
-      if ((info.flags & modeFlags(mode)) !== modeFlags(mode))
-        throw new UserError(`the kernel refused the flags of data mode ${mode}`);
+      o.onAdded?.(devId);
+      if ((info.flags & flags) !== flags) throw new UserError(`the kernel refused the flags of data mode ${mode}`);
       dev = new addon.Device({
         devId,
         queues: info.nrHwQueues,
@@ -64,6 +87,7 @@ export class Server {
         target: spec.name,
         fds: opened.fds,
         options: opened.options,
+        userCopy: (flags & addon.abi.flags.USER_COPY) !== 0n,
       });
       // FETCH every tag first: START_DEV waits for them, and the partition scan reads at once.
       await dev.start();
@@ -90,7 +114,7 @@ export class Server {
       };
       writeRecord(record);
       const started = dev;
-      return new Server(record, started, opened, started.wait());
+      return new Server(record, started, opened, started.wait(), o.statusLog ?? (() => undefined));
     } catch (e) {
       await rollback(devId, dev);
       opened.close();
@@ -98,11 +122,17 @@ export class Server {
     }
   }
 
-  /** STOP_DEV, let the queues drain and end, DEL_DEV. Safe to call more than once. */
+  /**
+   * Drain (nothing is held for later any more), STOP_DEV (the kernel waits for what is in flight, then
+   * aborts every tag), let the queues end, DEL_DEV. Bounded; safe to call more than once.
+   */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       const id = this.record.id;
+      clearInterval(this.watch);
+      this.dev.drain();
       await addon.stopDev(id).catch(() => undefined);
+      await joinWithin(this.dev, STOP_TIMEOUT_MS);
       await this.done.catch(() => undefined);
       this.dev.close();
       this.opened.close();
@@ -113,6 +143,26 @@ export class Server {
   }
 }
 
+const STOP_TIMEOUT_MS = 10_000;
+
+/** Joins the queue threads; if the kernel never aborts their tags, ends them by force. */
+async function joinWithin(dev: NativeDevice, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), ms)));
+  const joined = dev.join().catch(() => undefined);
+  if ((await Promise.race([joined, late])) === 'late') dev.forceStop();
+  clearTimeout(timer);
+  await joined;
+}
+
+/** A target that serves some requests through a copy needs USER_COPY beside zero copy. */
+function copyFlags(opened: OpenedTarget, mode: DataMode, features: bigint): bigint {
+  const USER_COPY = addon.abi.flags.USER_COPY;
+  if (!opened.userCopy || (mode !== 'lease' && mode !== 'auto-lease')) return 0n;
+  if ((features & USER_COPY) === 0n)
+    throw new UserError(`this target must see some requests' bytes, and the kernel has no USER_COPY beside ${mode}: use --data-mode copy`);
+  return USER_COPY;
+}
 /** `add` promises a usable /dev/ublkbN: wait until its node exists and the block layer shows its size. */
 async function waitForDisk(id: number, sectors: number): Promise<void> {
   const sizeFile = `/sys/block/ublkb${id}/size`;
@@ -133,7 +183,7 @@ async function rollback(devId: number | undefined, dev: NativeDevice | undefined
   await addon.stopDev(devId).catch(() => undefined);
   if (dev) {
     dev.forceStop();
-    await dev.wait().catch(() => undefined);
+    await dev.join().catch(() => undefined);
     dev.close();
   }
   await removeFromKernel(devId).catch(() => undefined);

@@ -12,9 +12,10 @@ const UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 3
 
 export function parseSize(text: string): number {
   const m = /^(\d+)([kmgt]?)(i?b)?$/i.exec(text.trim());
-  if (!m) throw new UserError(`bad size "${text}" (use e.g. 4096, 64M, 10G)`);
+  // Every caller parses --size: the message names it.
+  if (!m) throw new UserError(`--size "${text}" is not a size (use e.g. 4096, 64M, 10G)`);
   const n = Number(m[1]) * UNITS[m[2].toLowerCase()];
-  if (!Number.isSafeInteger(n)) throw new UserError(`size "${text}" is too large`);
+  if (!Number.isSafeInteger(n)) throw new UserError(`--size "${text}" is too large (at most 8191T)`);
   return n;
 }
 

@@ -1,6 +1,6 @@
 // What a target folder (targets/<name>/index.ts) exports: its options, validation, and how to open it.
 import type { Options } from 'yargs';
-import type { Params } from './native.js';
+import type { Params, TargetOptions } from './native.js';
 
 /** What an opened target hands to the engine. */
 export interface OpenedTarget {
@@ -8,8 +8,11 @@ export interface OpenedTarget {
   size: number;
   /** Backend fds, registered as fixed files 1..n for the native members. */
   fds: number[];
-  /** Numeric options for the native side. */
-  options?: Record<string, number>;
+  /** Options for the native side. */
+  options?: TargetOptions;
+  /** Some requests are served through a copy the native target reads or changes: the device needs
+   * USER_COPY beside zero copy (the kernel accepts both), so the choice is made per request. */
+  userCopy?: boolean;
   /** Parameters beyond size and max_sectors (block sizes, discard, cache attributes). */
   params: Omit<Params, 'devSectors' | 'maxSectors'>;
   /** Shown by `list`, kept in the device's state record. */

@@ -10,7 +10,7 @@ static int file_init(struct target *t)
 	return t->cfg.fds.size() == 1 ? 0 : -EINVAL;
 }
 
-static void file_queue_io(const struct target *, struct request *req)
+static int file_queue_io(struct tq *, struct request *req)
 {
 	struct member *m;
 	switch (req->op) {
@@ -38,12 +38,19 @@ static void file_queue_io(const struct target *, struct request *req)
 	default:
 		req->result = -EOPNOTSUPP;
 	}
+	return QUEUE_IO_DONE;
 }
 
 static const struct target_ops file_target_ops = {
 	.name = "file",
 	.init = file_init,
 	.deinit = nullptr,
+	.queue_init = nullptr,
+	.queue_deinit = nullptr,
 	.queue_io = file_queue_io,
+	.on_member = nullptr,
+	.on_cqe = nullptr,
+	.queue_ops = 0,
+	.status = nullptr,
 };
 UBLK_TARGET(file_target_ops)

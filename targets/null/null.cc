@@ -6,16 +6,23 @@ static int null_init(struct target *)
 	return 0;
 }
 
-static void null_queue_io(const struct target *, struct request *req)
+static int null_queue_io(struct tq *, struct request *req)
 {
 	bool data = req->op == UBLK_IO_OP_READ || req->op == UBLK_IO_OP_WRITE;
 	req->result = data ? (int32_t)req->len : 0;
+	return QUEUE_IO_DONE;
 }
 
 static const struct target_ops null_target_ops = {
 	.name = "null",
 	.init = null_init,
 	.deinit = nullptr,
+	.queue_init = nullptr,
+	.queue_deinit = nullptr,
 	.queue_io = null_queue_io,
+	.on_member = nullptr,
+	.on_cqe = nullptr,
+	.queue_ops = 0,
+	.status = nullptr,
 };
 UBLK_TARGET(null_target_ops)

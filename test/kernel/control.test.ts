@@ -1,6 +1,7 @@
 // The control plane on the real driver: features, and ADD_DEV -> SET/GET_PARAMS -> GET_DEV_INFO -> DEL_DEV.
 import { afterEach, describe, expect, it } from 'vitest';
 import { addon } from '../../src/native.js';
+import { removeFromKernel } from '../../src/server.js';
 import { cli, cliJson, delAll, ublkDevices } from './helpers.js';
 
 afterEach(delAll);
@@ -54,5 +55,23 @@ describe('control plane round trip', () => {
       command: 'ADD_DEV',
     });
     await expect(addon.startDev(999999, process.pid)).rejects.toMatchObject({ code: 'ENODEV', command: 'START_DEV' });
+  });
+});
+
+describe('a FETCH the kernel refuses', () => {
+  // The CLI never gets here (it picks a mode the kernel allows); the native API with a device added in
+  // copy mode but served as user-copy does: a FETCH without a buffer is refused with EINVAL.
+  it('fails start at once with the kernel reason, and rollback leaves nothing', async () => {
+    const info = await addon.addDev({ queues: 1, depth: 4, maxIoBufBytes: 1 << 20, flags: 0n });
+    const dev = new addon.Device({ devId: info.devId, queues: 1, depth: 4, maxIoBufBytes: 1 << 20, mode: 'user-copy', target: 'null', fds: [] });
+    const t0 = Date.now();
+    await expect(dev.start()).rejects.toThrow(/refused FETCH of tag \d+: Invalid argument/);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    dev.forceStop();
+    await dev.join().catch(() => undefined);
+    dev.close();
+    await removeFromKernel(info.devId);
+    await expect(addon.getDevInfo(info.devId)).rejects.toMatchObject({ code: 'ENODEV' });
+    expect(ublkDevices()).toEqual([]);
   });
 });

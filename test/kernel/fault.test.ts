@@ -1,0 +1,162 @@
+// The asynchronous engine through its first consumer, the fault target, on the real driver: held requests
+// overlap, errors reach the reader and nothing else, a backing that fails is survived, and a device whose
+// requests never complete (or whose queue fails) is still deleted at once, leaving nothing behind.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
+import { deleteDevice } from '../../src/lifecycle.js';
+import { cli, cliJson, delAll, scratch, serverPids, sh, ublkDevices, type AddedDevice } from './helpers.js';
+
+afterEach(delAll);
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Runs dd and returns its exit status and stderr. */
+function dd(args: string): { ok: boolean; err: string } {
+  try {
+    sh(`dd ${args} status=none 2>/tmp/dd.err`);
+    return { ok: true, err: '' };
+  } catch {
+    return { ok: false, err: fs.readFileSync('/tmp/dd.err', 'utf8') };
+  }
+}
+
+/** Starts fio in the background; it is always killed when the test ends. */
+function fioInBackground(args: string[]) {
+  const fio = spawn('fio', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  fio.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  fio.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  const exit = new Promise<number | null>((r) => fio.on('exit', (code) => r(code)));
+  onTestFinished(() => {
+    fio.kill('SIGKILL');
+  });
+  return { exit, output: () => out };
+}
+
+const inflight = (dev: AddedDevice) =>
+  fs.readFileSync(`/sys/block/${path.basename(dev.blockDevice)}/inflight`, 'utf8').trim().split(/\s+/).map(Number);
+
+async function nothingLeft(): Promise<void> {
+  for (let i = 0; i < 100 && (ublkDevices().length > 0 || serverPids().length > 0); i++) await sleep(100);
+  expect(ublkDevices()).toEqual([]);
+  expect(serverPids()).toEqual([]);
+}
+
+describe('fault --delay-us', () => {
+  it('64 delayed requests wait side by side, not one after another', () => {
+    const dev = cliJson<AddedDevice>('add', '--target', 'fault', '--over', 'null', '--size', '1G', '--delay-us', '50000', '--queues', '1');
+    const out = sh(`fio --name=d --filename=${dev.blockDevice} --ioengine=io_uring --direct=1 --rw=randread --bs=4k --iodepth=64 ` +
+      `--time_based --runtime=6 --ramp_time=1 --output-format=json`);
+    const iops = (JSON.parse(out) as { jobs: { read: { iops: number } }[] }).jobs[0].read.iops;
+    console.log(`fault --delay-us 50000, QD64: ${iops.toFixed(0)} IOPS (serialised would be 20)`);
+    expect(iops).toBeGreaterThanOrEqual((0.7 * 64) / 0.05);
+  });
+});
+
+describe('fault --fail-range', () => {
+  it('fails that range with EIO, serves the rest, and stays up', async () => {
+    const img = path.join(scratch('fail-range'), 'disk.img');
+    const dev = cliJson<AddedDevice>('add', '--target', 'fault', '--over', 'file', '--file', img, '--size', '16M',
+      '--fail-range', '1M:64k', '--fail-range', '8M:4k:ENOSPC', '--queues', '1');
+    expect(dev.info.faults).toBe('fail-range');
+    const bad = dd(`if=${dev.blockDevice} of=/dev/null bs=64k skip=16 count=1 iflag=direct`);
+    expect(bad.ok).toBe(false);
+    expect(bad.err).toMatch(/Input\/output error/);
+    // ENOSPC maps to its own block status: the writer sees "No space left on device".
+    const full = dd(`if=/dev/zero of=${dev.blockDevice} bs=4k seek=2048 count=1 oflag=direct`);
+    expect(full.ok).toBe(false);
+    expect(full.err).toMatch(/No space left/);
+    expect(dd(`if=${dev.blockDevice} of=/dev/null bs=64k count=16 iflag=direct`).ok).toBe(true);
+    expect(dd(`if=/dev/urandom of=${dev.blockDevice} bs=64k seek=32 count=16 oflag=direct`).ok).toBe(true);
+    expect(serverPids()).toContain(dev.pid);
+    expect(cli('del', '-n', String(dev.id)).status).toBe(0);
+    await nothingLeft();
+  });
+});
+
+describe('fault --corrupt-range', () => {
+  it('flips a byte in every sector of the range, on a per-request copy, and nothing else', () => {
+    const dir = scratch('corrupt');
+    const img = path.join(dir, 'disk.img');
+    sh(`head -c 4M /dev/urandom > ${img}`);
+    const dev = cliJson<AddedDevice>('add', '--target', 'fault', '--over', 'file', '--file', img, '--corrupt-range', '1M:8k', '--queues', '1');
+    expect(dev.mode).toBe('auto-lease'); // the rest of the device stays on the lease
+    sh(`dd if=${dev.blockDevice} of=${dir}/read.bin bs=1M count=4 iflag=direct status=none`);
+    const want = fs.readFileSync(img);
+    const got = fs.readFileSync(`${dir}/read.bin`);
+    const differ: number[] = [];
+    for (let i = 0; i < want.length; i++) if (want[i] !== got[i]) differ.push(i);
+    expect(differ).toEqual(Array.from({ length: 16 }, (_, k) => (1 << 20) + k * 512));
+  });
+});
+
+describe('a backing store that fails', () => {
+  it('a file target over a device-mapper error table: EIO to the reader, the server stays up, del is clean', async () => {
+    // 8 MiB of a RAM disk (loop over tmpfs), then 8 MiB of dm's error target.
+    const dir = scratch('dm-error');
+    sh(`truncate -s 8M ${dir}/good.img`);
+    const loop = sh(`losetup --show -f ${dir}/good.img`).trim();
+    // No udev in the guest: dmsetup must not wait for it; devtmpfs makes /dev/dm-N.
+    sh(`printf '0 16384 linear ${loop} 0\\n16384 16384 error\\n' | dmsetup create --noudevsync ublk-ts-bad`);
+    onTestFinished(() => {
+      sh(`dmsetup remove --noudevsync ublk-ts-bad 2>/dev/null || true; losetup -d ${loop} || true`);
+    });
+    const dm = `/dev/dm-${sh('dmsetup info -c --noheadings -o minor ublk-ts-bad').trim()}`;
+    const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', dm, '--queues', '1');
+    expect(dd(`if=${dev.blockDevice} of=/dev/null bs=1M count=8 iflag=direct`).ok).toBe(true);
+    const bad = dd(`if=${dev.blockDevice} of=/dev/null bs=1M skip=8 count=1 iflag=direct`);
+    expect(bad.ok).toBe(false);
+    expect(bad.err).toMatch(/Input\/output error/);
+    expect(serverPids()).toContain(dev.pid);
+    expect(dd(`if=${dev.blockDevice} of=/dev/null bs=4k count=4 iflag=direct`).ok).toBe(true);
+    expect(cli('del', '-n', String(dev.id)).status).toBe(0);
+    await nothingLeft();
+  });
+});
+
+describe('teardown never strands a request', () => {
+  it('del returns within 5 s while 64 requests are stalled; fio sees errors; nothing is left', async () => {
+    const img = path.join(scratch('stall'), 'disk.img');
+    const dev = cliJson<AddedDevice>('add', '--target', 'fault', '--over', 'file', '--file', img, '--size', '64M',
+      '--stall-range', '1M:32M', '--queues', '1');
+    // Not sector 0 nor the end: the kernel's partition scan reads those and would stall first.
+    const fio = fioInBackground(['--name=stall', `--filename=${dev.blockDevice}`, '--ioengine=io_uring', '--direct=1',
+      '--rw=randread', '--bs=4k', '--iodepth=64', '--offset=1M', '--size=32M', '--time_based', '--runtime=120']);
+    for (let i = 0; i < 200 && inflight(dev)[0] < 64; i++) await sleep(100);
+    expect(inflight(dev)[0]).toBe(64);
+    const t0 = Date.now();
+    await deleteDevice(dev.id);
+    const took = Date.now() - t0;
+    console.log(`del with 64 stalled requests took ${took} ms`);
+    expect(took).toBeLessThan(5000);
+    const code = await Promise.race([fio.exit, sleep(60_000).then(() => 'hung' as const)]);
+    expect(code).not.toBe('hung');
+    expect(fio.output()).toMatch(/error/i);
+    await nothingLeft();
+  });
+
+  it('a failed queue stops the device by itself: --foreground exits, nothing hangs, nothing is left', async () => {
+    const srv = spawn(process.execPath, ['dist/ublk-ts.mjs', 'add', '--target', 'fault', '--over', 'null', '--size', '1G',
+      '--fail-queue-after', '200', '--queues', '2', '--foreground'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let log = '';
+    srv.stdout.on('data', (d: Buffer) => (log += d.toString()));
+    srv.stderr.on('data', (d: Buffer) => (log += d.toString()));
+    const exit = new Promise<number | null>((r) => srv.on('exit', (code) => r(code)));
+    onTestFinished(() => {
+      srv.kill('SIGKILL');
+    });
+    for (let i = 0; i < 300 && !/\/dev\/ublkb\d+/.test(log); i++) await sleep(100);
+    const blk = /\/dev\/ublkb\d+/.exec(log)?.[0];
+    expect(blk).toBeDefined();
+    const fio = fioInBackground(['--name=q', `--filename=${blk}`, '--ioengine=io_uring', '--direct=1', '--rw=randread',
+      '--bs=4k', '--iodepth=32', '--time_based', '--runtime=60']);
+    const code = await Promise.race([exit, sleep(30_000).then(() => 'hung' as const)]);
+    expect(code).not.toBe('hung');
+    expect(log).toMatch(/queue failure: .*fail-queue-after 200/);
+    expect(await Promise.race([fio.exit, sleep(60_000).then(() => 'hung' as const)])).not.toBe('hung');
+    expect(cli('del', '--all').status).toBe(0);
+    await nothingLeft();
+  });
+});
