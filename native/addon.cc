@@ -283,7 +283,8 @@ class Device : public Napi::ObjectWrap<Device> {
 				   {InstanceMethod("start", &Device::Start), InstanceMethod("wait", &Device::Wait),
 				    InstanceMethod("drain", &Device::Drain), InstanceMethod("join", &Device::Join),
 				    InstanceMethod("forceStop", &Device::ForceStop), InstanceMethod("close", &Device::Close),
-				    InstanceMethod("status", &Device::Status)});
+				    InstanceMethod("status", &Device::Status), InstanceMethod("stats", &Device::Stats),
+				    InstanceMethod("complete", &Device::Complete), InstanceMethod("charFd", &Device::CharFd)});
 	}
 
 	Device(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Device>(info)
@@ -321,6 +322,14 @@ class Device : public Napi::ObjectWrap<Device> {
 			for (uint32_t i = 0; i < fds.Length(); i++)
 				c.tgt.cfg.fds.push_back(fds.Get(i).As<Napi::Number>().Int32Value());
 		}
+		/* For a target whose connections follow the queues (nbd: one per queue). */
+		c.tgt.cfg.nums["queues"] = c.nr_queues;
+		if (o.Has("handler") && o.Get("handler").IsFunction()) {
+			/* The bridge's way to JavaScript: batches of descriptors, from the queue threads. */
+			js_fn_ = Napi::ThreadSafeFunction::New(env, o.Get("handler").As<Napi::Function>(), "ublk-ts bridge", 0, 1);
+			js_ = {post_to_js, &js_fn_};
+			c.tgt.cfg.js = &js_;
+		}
 		if (o.Has("options") && o.Get("options").IsObject()) {
 			/* number -> nums, number[] -> lists, string -> strs */
 			Napi::Object opts = o.Get("options").As<Napi::Object>();
@@ -343,7 +352,7 @@ class Device : public Napi::ObjectWrap<Device> {
 
 	/* Only reached when no worker holds a reference (see DeviceWorker): nothing else touches dev_. If
 	 * JavaScript dropped a started device without close(), this stops its threads, which end promptly. */
-	~Device() { device_close(&dev_); }
+	~Device() { close_all(); }
 
       private:
 	enum job { JOB_START, JOB_WAIT, JOB_JOIN };
@@ -427,6 +436,22 @@ class Device : public Napi::ObjectWrap<Device> {
 		bool serving = dev_.target_ready && t.ops->status;
 		return Napi::String::New(info.Env(), serving ? t.ops->status(&t) : "");
 	}
+	/* The queues' counters, summed; never blocks and takes no lock the queues take. */
+	Napi::Value Stats(const Napi::CallbackInfo &info)
+	{
+		uint64_t sum[6] = {};
+		for (auto &q : dev_.queues) {
+			const struct queue_stats &st = q->stats;
+			const std::atomic<uint64_t> *c[6] = {&st.requests, &st.leased, &st.copied, &st.errors, &st.retries, &st.short_transfers};
+			for (int i = 0; i < 6; i++)
+				sum[i] += c[i]->load(std::memory_order_relaxed);
+		}
+		const char *names[6] = {"requests", "leased", "copied", "errors", "retries", "shortTransfers"};
+		Napi::Object o = Napi::Object::New(info.Env());
+		for (int i = 0; i < 6; i++)
+			o.Set(names[i], Napi::Number::New(info.Env(), (double)sum[i]));
+		return o;
+	}
 	Napi::Value ForceStop(const Napi::CallbackInfo &info)
 	{
 		device_force_stop(&dev_);
@@ -439,10 +464,60 @@ class Device : public Napi::ObjectWrap<Device> {
 			Napi::Error::New(info.Env(), "device busy: close() while start, wait or join runs").ThrowAsJavaScriptException();
 			return info.Env().Undefined();
 		}
-		device_close(&dev_);
+		close_all();
 		return info.Env().Undefined();
 	}
+	/* The queue threads post to JavaScript until they end: the channel goes after them. */
+	void close_all()
+	{
+		device_close(&dev_);
+		if (dev_.ctx.tgt.cfg.js) {
+			js_fn_.Release();
+			dev_.ctx.tgt.cfg.js = nullptr;
+		}
+	}
+	static void post_to_js(void *ctx, std::vector<uint8_t> &&bytes)
+	{
+		auto *fn = static_cast<Napi::ThreadSafeFunction *>(ctx);
+		auto *batch = new std::vector<uint8_t>(std::move(bytes));
+		napi_status st = fn->NonBlockingCall(batch, [](Napi::Env env, Napi::Function cb, std::vector<uint8_t> *b) {
+			Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::New(env, b->data(), b->size(),
+				[](Napi::Env, uint8_t *, std::vector<uint8_t> *v) { delete v; }, b);
+			cb.Call({buf});
+		});
+		if (st != napi_ok)
+			delete batch; /* closing: the requests are drained by the engine */
+	}
+	/* Completions from JavaScript, in one batch: records of q u16, tag u16, gen u32, result i32, file u8,
+	 * 3 bytes of padding, file offset u64 (24 bytes). Returns how many were refused (queue full). */
+	Napi::Value Complete(const Napi::CallbackInfo &info)
+	{
+		Napi::Buffer<uint8_t> b = info[0].As<Napi::Buffer<uint8_t>>();
+		unsigned refused = 0;
+		for (size_t off = 0; off + 24 <= b.Length(); off += 24) {
+			const uint8_t *p = b.Data() + off;
+			uint16_t q;
+			struct remote_completion c = {};
+			memcpy(&q, p, 2);
+			memcpy(&c.tag, p + 2, 2);
+			memcpy(&c.gen, p + 4, 4);
+			memcpy(&c.result, p + 8, 4);
+			c.file = p[12];
+			memcpy(&c.file_off, p + 16, 8);
+			if (q >= dev_.queues.size() || c.tag >= dev_.ctx.depth || queue_complete_remote(dev_.queues[q].get(), c) < 0)
+				refused++;
+		}
+		return Napi::Number::New(info.Env(), refused);
+	}
+	/* /dev/ublkcN as the native side opened it (the driver allows one opener): for user copy from
+	 * JavaScript's thread pool. Owned here; valid until close(). */
+	Napi::Value CharFd(const Napi::CallbackInfo &info)
+	{
+		return Napi::Number::New(info.Env(), dev_.ctx.ublkc_fd);
+	}
 	struct device dev_ {};
+	Napi::ThreadSafeFunction js_fn_;
+	struct host_channel js_ {};
 	bool started_ = false;
 	unsigned busy_ = 0; /* workers running; JavaScript thread only */
 };

@@ -24,8 +24,10 @@ std::string device_start(struct device *d)
 		return "open " + path + ": " + strerror(errno);
 
 	int ret = ctx->tgt.ops->init(&ctx->tgt);
-	if (ret < 0)
-		return std::string("target ") + ctx->tgt.ops->name + ": " + strerror(-ret);
+	if (ret < 0) {
+		auto why = ctx->tgt.cfg.strs.find("error");
+		return why != ctx->tgt.cfg.strs.end() ? why->second : std::string("target ") + ctx->tgt.ops->name + ": " + strerror(-ret);
+	}
 	d->target_ready = true;
 
 	size_t page = sysconf(_SC_PAGESIZE);

@@ -217,6 +217,12 @@ static void stream_pop(struct queue *q, struct io *io, unsigned i)
 static void cover(struct io *io, uint32_t start, uint32_t end)
 {
 	unsigned n = io->nr_cov, i = 0, j;
+	if (n == 0) {
+		/* the common case: the first (often the only) member of the request */
+		io->cov[0] = {start, end};
+		io->nr_cov = 1;
+		return;
+	}
 	while (i < n && io->cov[i].end < start)
 		i++;
 	/* cov[i..j) touch [start, end): merge them into one */
@@ -250,11 +256,18 @@ static void finish(struct queue *q, struct io *io)
 		result = -EIO;
 	} else if (result == 0)
 		result = data ? (int32_t)req->len : 0;
-	if (result > 0 && req->op == UBLK_IO_OP_READ && via_user_copy(q, io)) {
+	/* Only what members filled goes back: a request completed without them (the bridge copies its own
+	 * bytes) must not have the buffer's old contents written over them. */
+	if (result > 0 && req->op == UBLK_IO_OP_READ && io->buf_used && via_user_copy(q, io)) {
 		int ret = user_copy(q, io, result, true);
 		if (ret < 0)
 			result = ret;
 	}
+	bump(q->stats.requests);
+	if (result < 0)
+		bump(q->stats.errors);
+	else if (data && req->nr_members > 0)
+		bump(copied(q, io) ? q->stats.copied : q->stats.leased);
 	if (io->leased) {
 		/* Submitted before the commit in the same batch: the slot is free when the tag's next
 		 * request asks for a lease. */
@@ -276,8 +289,21 @@ static void fail(struct io *io, int32_t err)
 		io->err = err;
 }
 
-/* Issue members[submitted..nr_members). A member on the request buffer may first need the lease (a
- * leader) or the copy; members after it wait for that. */
+/* Does any member still to be issued need the lease we do not hold yet? */
+static bool needs_leader(const struct queue *q, const struct io *io)
+{
+	const struct request *req = &io->req;
+	if (io->leased || io->leasing || copied(q, io) || !(q->dev->mode == MODE_LEASE || (req->flags & UBLK_IO_F_NEED_REG_BUF)))
+		return false;
+	for (unsigned i = io->submitted; i < req->nr_members; i++)
+		if (on_request_buf(&req->members[i]))
+			return true;
+	return false;
+}
+
+/* Issue members[submitted..nr_members). If one of them is on the request buffer and the mode needs a
+ * manual lease, the leader goes first and all of them wait for its CQE: none goes ahead, or a protocol
+ * header would enter its stream while its payload waits, and another request's bytes could come between. */
 static void issue(struct queue *q, struct io *io)
 {
 	struct request *req = &io->req;
@@ -289,33 +315,34 @@ static void issue(struct queue *q, struct io *io)
 		req->overflow = false;
 		return;
 	}
-	while (io->submitted < req->nr_members && !io->leasing) {
+	if (needs_leader(q, io)) {
+		/* The leader: members can only be issued once its CQE says the slot holds our pages, which
+		 * is what lets them run in parallel instead of in a linked chain. */
+		io->leasing = true;
+		prep_lease_cmd(q, io, UBLK_U_IO_REGISTER_IO_BUF, UD_LEADER);
+		return;
+	}
+	while (io->submitted < req->nr_members) {
 		unsigned i = io->submitted;
 		struct member *m = &req->members[i];
 		io->ms[i] = member_state{};
 		if (on_request_buf(m)) {
 			if ((uint64_t)m->buf_off + m->len > req->len) {
 				/* Outside the request: fixed buffers would refuse it, our copy buffer would overflow. */
-						fail(io, -EIO);
+				fail(io, -EIO);
 				io->submitted++;
 				continue;
 			}
 			if (copied(q, io)) {
 				int ret = ensure_buf(q, io);
-				if (ret == 0 && !io->copied_in && req->op == UBLK_IO_OP_WRITE && via_user_copy(q, io))
+				if (ret == 0 && !io->buf_used && req->op == UBLK_IO_OP_WRITE && via_user_copy(q, io))
 					ret = user_copy(q, io, req->len, false);
 				if (ret < 0) {
-								fail(io, ret);
+					fail(io, ret);
 					io->submitted++;
 					continue;
 				}
-				io->copied_in = true;
-			} else if (!io->leased && (q->dev->mode == MODE_LEASE || (req->flags & UBLK_IO_F_NEED_REG_BUF))) {
-				/* The leader: members can only be issued once its CQE says the slot holds our
-				 * pages, which is what lets them run in parallel instead of in a linked chain. */
-				io->leasing = true;
-				prep_lease_cmd(q, io, UBLK_U_IO_REGISTER_IO_BUF, UD_LEADER);
-				return;
+				io->buf_used = true;
 			}
 		}
 		io->submitted++;
@@ -347,8 +374,12 @@ void lease_on_leader(struct queue *q, struct io *io, int res)
 {
 	io->leasing = false;
 	if (res < 0) {
-		/* Nothing after the leader was issued: those members are dropped with the request. */
+		/* Nothing after the leader was issued: those members are dropped with the request, and the
+		 * target hears of each, as if it had failed, so its own count of what is in flight holds. */
 		fail(io, res);
+		const struct target_ops *ops = q->dev->tgt.ops;
+		for (unsigned i = io->submitted; ops->on_member && i < io->req.nr_members; i++)
+			ops->on_member(&q->tq, &io->req, i, res);
 		io->req.nr_members = io->submitted;
 	} else {
 		io->leased = true;
@@ -377,15 +408,22 @@ void lease_on_member(struct queue *q, struct io *io, unsigned i, const struct io
 		ms->done += res;
 		if (more)
 			io->inflight++;
+		bump(q->stats.short_transfers);
 		submit_member(q, io, i);
 		return;
 	}
 	if (is_transfer(m->kind) && res > 0)
 		ms->done += res;
+	/* What the member covered, taken before on_member may turn it into the next piece (FOLD_RETRY). */
+	bool full = on_request_buf(m) && res > 0 && ms->done == m->len;
+	uint32_t start = m->buf_off, end = m->buf_off + m->len;
 	enum member_fold f = q->dev->tgt.ops->on_member ? q->dev->tgt.ops->on_member(&q->tq, &io->req, i, res) : FOLD_DEFAULT;
-	if (f != FOLD_IGNORE && on_request_buf(m) && res > 0 && ms->done == m->len)
-		cover(io, m->buf_off, m->buf_off + m->len);
-	if (f == FOLD_RETRY && !q->draining) {
+	if (f != FOLD_IGNORE && full)
+		cover(io, start, end);
+	if (f == FOLD_RETRY && q->draining)
+		fail(io, -EIO); /* stopping: the piece or leg the target asked for is not issued */
+	else if (f == FOLD_RETRY) {
+		bump(q->stats.retries);
 		ms->done = 0;
 		if (more)
 			io->inflight++;

@@ -126,13 +126,13 @@ void queue_fail(struct tq *tq, const std::string &why)
 		q->dev->on_queue_failed();
 }
 
-int queue_complete_remote(struct queue *q, uint16_t tag, uint32_t gen, int32_t result)
+int queue_complete_remote(struct queue *q, const struct remote_completion &c)
 {
 	{
 		std::lock_guard<std::mutex> g(q->remote_lock);
 		if (q->remote.size() >= q->dev->depth)
 			return -EAGAIN;
-		q->remote.push_back({tag, gen, result});
+		q->remote.push_back(c);
 	}
 	uint64_t one = 1;
 	(void)!write(q->wake_fd, &one, sizeof(one));
@@ -188,7 +188,7 @@ static void handle_request(struct queue *q, struct io *io)
 	io->submitted = 0;
 	io->inflight = 0;
 	io->held = false;
-	io->copied_in = false;
+	io->buf_used = false;
 	io->recommitted = false;
 	q->nr_serving++;
 	if (q->nr_serving > q->max_serving) {
@@ -255,17 +255,24 @@ static void arm_wake(struct queue *q)
 
 static void on_wake(struct queue *q, int res)
 {
-	std::vector<struct remote_completion> batch;
 	{
 		std::lock_guard<std::mutex> g(q->remote_lock);
-		batch.swap(q->remote);
-		q->remote.reserve(q->dev->depth);
+		q->remote_taken.swap(q->remote);
 	}
-	for (const struct remote_completion &c : batch) {
+	for (const struct remote_completion &c : q->remote_taken) {
 		struct io *io = &q->ios[c.tag % q->dev->depth];
-		if (io->req.gen == c.gen)
-			request_complete(&q->tq, &io->req, c.result);
+		if (io->req.gen != c.gen || !io->held || io->state != IO_SERVING)
+			continue;
+		struct request *req = &io->req;
+		bool rw = req->op == UBLK_IO_OP_READ || req->op == UBLK_IO_OP_WRITE;
+		if (c.file && rw) {
+			struct member *m = add_member(req, req->op == UBLK_IO_OP_READ ? MEMBER_READ : MEMBER_WRITE, c.file);
+			m->len = req->len;
+			m->file_off = c.file_off;
+		}
+		request_complete(&q->tq, req, c.file && !rw ? -EINVAL : c.result);
 	}
+	q->remote_taken.clear();
 	if (q->stop_requested.load())
 		drain(q);
 	/* A cancelled read (teardown) is not re-armed. */
@@ -397,6 +404,7 @@ static int setup_ios(struct queue *q)
 	const struct device_ctx *dev = q->dev;
 	q->ios.resize(dev->depth);
 	q->remote.reserve(dev->depth);
+	q->remote_taken.reserve(dev->depth);
 	q->backlog_head = q->backlog_tail = NO_TAG;
 	for (struct stream &s : q->streams)
 		s = {STREAM_END, STREAM_END, false};
@@ -531,6 +539,8 @@ void queue_run(struct queue *q, const std::function<void()> &ready)
 		reap(q);
 		if (q->backlog_head != NO_TAG)
 			start_backlog(q);
+		if (q->dev->tgt.ops->queue_idle)
+			q->dev->tgt.ops->queue_idle(&q->tq);
 	}
 	/* Submit the last commits so the kernel can complete them before the ring goes. */
 	io_uring_submit(&q->ring);

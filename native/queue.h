@@ -48,7 +48,7 @@ struct io {
 	bool held;          /* the target keeps it (QUEUE_IO_PENDING) and has not released it */
 	bool leasing;       /* leader in flight */
 	bool leased;        /* we hold a manual lease (REGISTER_IO_BUF) at lease_slot() */
-	bool copied_in;     /* a WRITE's data is in buf */
+	bool buf_used;      /* the request's data went through buf (a WRITE's was copied in) */
 	bool recommitted;   /* a refused COMMIT was re-sent once with -EIO */
 	uint8_t submitted;  /* members[0..submitted) have been issued */
 	uint8_t target_ops; /* request-bound target ops in flight */
@@ -68,15 +68,20 @@ struct stream {
 	bool busy;           /* the head member is in flight */
 };
 
-/* Completions handed over from other threads: bounded (one per tag), drained on the queue thread. */
-struct remote_completion {
-	uint16_t tag;
-	uint32_t gen;
-	int32_t result;
+/* Counters for `stats`: written by the queue thread alone, read from JavaScript. Relaxed atomics with a
+ * plain load and store (bump), so the hot path pays no locked instruction. */
+struct queue_stats {
+	std::atomic<uint64_t> requests, leased, copied, errors, retries, short_transfers;
 };
+
+static inline void bump(std::atomic<uint64_t> &c)
+{
+	c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
 
 struct queue {
 	struct tq tq; /* what the target sees */
+	struct queue_stats stats;
 	struct device_ctx *dev;
 	uint16_t q_id;
 	const struct ublksrv_io_desc *descs;
@@ -98,7 +103,9 @@ struct queue {
 	std::atomic<bool> force_stop;
 
 	std::mutex remote_lock;
-	std::vector<struct remote_completion> remote; /* capacity: depth */
+	/* Completions handed over from other threads: bounded (one per tag); the queue thread swaps the
+	 * two vectors and handles the taken one, so neither allocates after setup. */
+	std::vector<struct remote_completion> remote, remote_taken;
 
 	/* Written by the queue thread, read by others after ready() or join: guarded. */
 	std::mutex error_lock;

@@ -57,8 +57,16 @@ struct member {
 /* Ring operations of its own a target may have in flight per request (tq_sqe with a request). */
 #define MAX_REQUEST_OPS 2
 
+/* A way to JavaScript the host gives a target that needs one (the bridge): post() hands bytes to the
+ * target's JavaScript handler, from any thread, without blocking. */
+struct host_channel {
+	void (*post)(void *ctx, std::vector<uint8_t> &&bytes);
+	void *ctx;
+};
+
 struct target_config {
 	std::vector<int> fds;                            /* registered as files 1..n */
+	struct host_channel *js = nullptr;               /* set when the target was given a JavaScript handler */
 	std::map<std::string, int64_t> nums;             /* target-specific numeric options */
 	std::map<std::string, std::vector<int64_t>> lists; /* repeated numeric options (ranges) */
 	std::map<std::string, std::string> strs;
@@ -110,28 +118,33 @@ enum member_fold {
 		       * more pieces than MAX_MEMBERS): issue it again */
 };
 
+/* Every op but name, init and queue_io is optional: a table names only what its target has. */
 struct target_ops {
 	const char *name;
-	/* Once per device on the JavaScript thread; return 0 or -errno. */
-	int (*init)(struct target *t);
-	void (*deinit)(struct target *t);
+	/* Once per device, on libuv's pool (it may block: a network handshake) before the queues start;
+	 * it may add fds to t->cfg.fds. Return 0, or -errno with a one-line reason in cfg.strs["error"]. */
+	int (*init)(struct target *t) = nullptr;
+	void (*deinit)(struct target *t) = nullptr;
 	/* Optional, on the queue thread before the first FETCH and after the last commit. */
-	int (*queue_init)(struct tq *tq);
-	void (*queue_deinit)(struct tq *tq);
+	int (*queue_init)(struct tq *tq) = nullptr;
+	void (*queue_deinit)(struct tq *tq) = nullptr;
 	/* Describe the request's members or set req->result, and return QUEUE_IO_DONE; or keep it and
 	 * return QUEUE_IO_PENDING. Runs on the queue thread: must not block. */
-	int (*queue_io)(struct tq *tq, struct request *req);
+	int (*queue_io)(struct tq *tq, struct request *req) = nullptr;
 	/* Optional: a member finished (res as io_uring gave it, after short transfers were continued). */
-	enum member_fold (*on_member)(struct tq *tq, struct request *req, unsigned idx, int res);
+	enum member_fold (*on_member)(struct tq *tq, struct request *req, unsigned idx, int res) = nullptr;
 	/* Optional: one of the target's own ring operations completed; req is null for queue-wide ones,
 	 * and a request-bound one whose request has ended meanwhile is dropped, never delivered. */
-	void (*on_cqe)(struct tq *tq, struct request *req, uint64_t cookie, const struct io_uring_cqe *cqe);
+	void (*on_cqe)(struct tq *tq, struct request *req, uint64_t cookie, const struct io_uring_cqe *cqe) = nullptr;
+	/* Optional: the queue handled a batch of completions and is about to wait; a target that gathers
+	 * work into batches (the bridge) sends it now. */
+	void (*queue_idle)(struct tq *tq) = nullptr;
 	/* Queue-wide ring operations of its own the target keeps in flight at most (sizes the CQ). */
-	unsigned queue_ops;
+	unsigned queue_ops = 0;
 	/* Optional: the target's live state as the text of a JSON object (a mirror's legs), shown by `list`
 	 * and logged when it changes. Called on the JavaScript thread while queues run: read only what is
 	 * safe to read from there (atomics). */
-	std::string (*status)(const struct target *t);
+	std::string (*status)(const struct target *t) = nullptr;
 };
 
 /* Member builder for queue_io. Past MAX_MEMBERS it marks the request failed and returns a scratch slot,
@@ -165,9 +178,17 @@ void *request_buf(struct tq *tq, struct request *req);
 struct io_uring_sqe *tq_sqe(struct tq *tq, struct request *req, uint64_t cookie);
 /* The queue cannot go on: every request it holds fails with EIO, new ones too, and the device stops. */
 void queue_fail(struct tq *tq, const std::string &why);
-/* From any thread: complete pending request (tag, gen) with result. Returns 0, or -EAGAIN if the bounded
- * hand-over queue is full (one entry per tag: only a target that completes twice can fill it). */
-int queue_complete_remote(struct queue *q, uint16_t tag, uint32_t gen, int32_t result);
+/* A completion handed over from another thread. */
+struct remote_completion {
+	uint16_t tag;
+	uint32_t gen;      /* the request's: a completion for an earlier request on the tag is dropped */
+	int32_t result;    /* with no member: what is committed */
+	uint8_t file;      /* non-zero: serve the request as one READ/WRITE member on this fixed file, on the lease */
+	uint64_t file_off;
+};
+/* From any thread: complete pending request c.tag. Returns 0, or -EAGAIN if the bounded hand-over queue
+ * is full (one entry per tag: only a caller that completes a request twice can fill it). */
+int queue_complete_remote(struct queue *q, const struct remote_completion &c);
 
 void target_register(const struct target_ops *ops);
 const struct target_ops *target_find(const std::string &name);

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Inside one VM boot: fio on the kernel loop device (direct IO over a tmpfs file), kernel null_blk, and
-// ublk-ts (file in every data mode over the same kind of file, and null). Prints a markdown table with
-// each device's ratio to the loop device and writes it to $UBLK_TS_VM_OUT/<clock>.md.
+// ublk-ts (file in every data mode over the same kind of file, stripe and mirror over 2 such files, and
+// null), and the nbd target beside the kernel's nbd-client over one nbdkit. Prints a markdown table with each device's ratio to the loop device and writes it to
+// $UBLK_TS_VM_OUT/<clock>.md.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 
@@ -30,9 +31,9 @@ function fio(dev, job) {
 
 sh('mkdir -p /tmp/bench');
 const devices = [];
-function image(name) {
+function image(name, mb = 512) {
   const f = `/tmp/bench/${name}.img`;
-  sh(`rm -f ${f} && truncate -s 512M ${f} && dd if=/dev/zero of=${f} bs=1M count=512 conv=notrunc status=none`);
+  sh(`rm -f ${f} && truncate -s ${mb}M ${f} && dd if=/dev/zero of=${f} bs=1M count=${mb} conv=notrunc status=none`);
   return f;
 }
 
@@ -48,8 +49,36 @@ for (const mode of ['auto-lease', 'lease', 'user-copy', 'copy']) {
   const d = ublk('add', '--target', 'file', '--file', image(`ublk-${mode}`), '--data-mode', mode, '--queues', '2');
   devices.push({ name: `ublk-ts file ${mode}`, dev: d.blockDevice, cleanup: () => ublk('del', '-n', String(d.id)) });
 }
+// The fan-out targets on the same kind of file, default data mode: stripe over 2 legs (128k chunks) and a
+// mirror over 2 legs; legs just large enough for fio's 448M (the guest's /tmp is its RAM).
+for (const [target, mb] of [['stripe', 224], ['mirror', 448]]) {
+  const legs = [0, 1].flatMap((i) => ['--leg', image(`${target}-${i}`, mb)]);
+  const d = ublk('add', '--target', target, ...legs, '--queues', '2');
+  devices.push({ name: `ublk-ts ${target} 2 legs (${d.mode})`, dev: d.blockDevice, cleanup: () => ublk('del', '-n', String(d.id)) });
+}
 const n = ublk('add', '--target', 'null', '--size', '1G', '--queues', '2');
 devices.push({ name: `ublk-ts null (${n.mode})`, dev: n.blockDevice, cleanup: () => ublk('del', '-n', String(n.id)) });
+
+// nbd: the nbd target and the kernel's own NBD client (nbd-client) against the same nbdkit memory export, one
+// connection each (nbd-client's default; the target then serves one queue), the target in the default data
+// mode and in copy mode (the lease against the copy at 1M).
+let nbdkitPid;
+try {
+  sh('nbdkit -U /tmp/bench/nbd.sock -P /tmp/bench/nbdkit.pid memory 1G');
+  nbdkitPid = sh('cat /tmp/bench/nbdkit.pid');
+  try {
+    sh('nbd-client -unix /tmp/bench/nbd.sock /dev/nbd0');
+    devices.push({ name: 'kernel nbd-client (1 connection)', dev: '/dev/nbd0', nbd: 'kernel', cleanup: () => sh('nbd-client -d /dev/nbd0') });
+  } catch {
+    console.error('bench: nbd-client not available (scripts/setup.sh installs it), row skipped');
+  }
+  for (const mode of ['auto', 'copy']) {
+    const d = ublk('add', '--target', 'nbd', '--socket', '/tmp/bench/nbd.sock', '--data-mode', mode, '--queues', '1');
+    devices.push({ name: `ublk-ts nbd ${d.mode}, 1 queue (send ${d.info.send})`, dev: d.blockDevice, nbd: mode, cleanup: () => ublk('del', '-n', String(d.id)) });
+  }
+} catch (e) {
+  console.error(`bench: nbd rows skipped: ${e.message}`);
+}
 
 const results = devices.map((d) => {
   const r = JOBS.map((job) => {
@@ -60,6 +89,7 @@ const results = devices.map((d) => {
   return { ...d, r };
 });
 for (const d of devices) d.cleanup();
+if (nbdkitPid) sh(`kill ${nbdkitPid}`);
 
 const base = results[0].r;
 const cell = (v, i) => {
@@ -77,6 +107,19 @@ const lines = [
   `|---|${JOBS.map(() => '---').join('|')}|`,
   ...results.map((d) => `| ${d.name} | ${d.r.map(cell).join(' | ')} |`),
   '',
+  ...nbdRatios(),
 ];
 fs.writeFileSync(out, lines.join('\n'));
 console.log(lines.join('\n'));
+
+/** The nbd target against the kernel's client (4k, same nbdkit) and its lease against its copy mode (1M). */
+function nbdRatios() {
+  const [kernel, lease, copy] = ['kernel', 'auto', 'copy'].map((k) => results.find((d) => d.nbd === k));
+  const x = (a, b, i, unit) => (a && b ? `${(a.r[i][unit] / b.r[i][unit]).toFixed(2)}×` : 'n/a');
+  if (!lease) return [];
+  return [
+    `nbd target / kernel nbd-client (same nbdkit memory export): 4k randread ${x(lease, kernel, 0, 'iops')}, 4k randwrite ${x(lease, kernel, 1, 'iops')}; ` +
+      `nbd target lease / copy mode: 1M seqread ${x(lease, copy, 2, 'mbs')}, 1M seqwrite ${x(lease, copy, 3, 'mbs')}`,
+    '',
+  ];
+}

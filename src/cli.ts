@@ -1,26 +1,27 @@
 #!/usr/bin/env node
 // ublk-ts: the command line. Arguments are checked before the kernel is asked anything; every error is one
 // line (JSON on stderr with --json) whose kind picks the exit status (README: Exit status).
+import path from 'node:path';
 import yargs, { type Argv, type Options } from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { allowedModes, chooseMode, flagNames, getFeatures, requireDriver, DATA_MODES } from './features.js';
+import { allowedModes, chooseMode, flagNames, getFeatures, requireDriver } from './features.js';
+import { DEFAULT_DEPTH, engineOptions, LIMITS } from './device-options.js';
 import { deleteDevice, listDevices, kernelDeviceIds } from './lifecycle.js';
-import { loadAllTargets } from './targets.js';
+import { isTargetPath, loadAllTargets, loadTarget } from './targets.js';
 import { formatSize } from './size.js';
 import { errorKind, EXIT_STATUS, oneLine, UserError } from './errors.js';
 import { checkTarget, missingCommand, noRepeats, rawValue, usageMessage, valueRequired, verbOf, wantsJson, wholeNumber, type UsageContext } from './usage.js';
 import type { DataMode } from './native.js';
+import { checkName, configPath, DEFAULT_CONFIG } from './config.js';
+import { processAlive, recordByName } from './state.js';
+import type { Outcome } from './updown.js';
 import type { TargetSpec } from './target.js';
 
 const argv = hideBin(process.argv);
 const json = wantsJson(argv);
-const COMMANDS = ['features', 'list', 'add', 'del'] as const;
+const COMMANDS = ['features', 'list', 'add', 'del', 'up', 'down', 'stats'] as const;
 const NO_COMMAND = 'no command';
-// Checked here so that a mistake is reported before the server starts (the server checks them too).
-const MAX_QUEUES = 64;
-const MAX_DEPTH = 4096;
-// ADD_DEV refuses ids from UBLK_MAX_UBLKS (1 << MINORBITS) up.
-const MAX_DEV_ID = (1 << 20) - 1;
+const WATCH_RANGE = [0.1, 3600] as const;
 
 const GLOBAL: Record<string, Options> = {
   json: { type: 'boolean', default: false, describe: 'machine-readable output; errors go to stderr as {"error", "code"}' },
@@ -36,11 +37,7 @@ function print(value: unknown, text: () => string): void {
  */
 function addOptions(targets: TargetSpec[], chosen: TargetSpec | undefined): Record<string, Options> {
   const own: Record<string, Options> = {
-    target: { type: 'string', choices: targets.map((t) => t.name), demandOption: true, describe: 'backend' },
-    number: { alias: 'n', type: 'number', describe: 'device id (default: first free)' },
-    queues: { alias: 'q', type: 'number', describe: `hardware queues, 1..${MAX_QUEUES} (default: CPUs)` },
-    depth: { alias: 'd', type: 'number', default: 128, describe: `queue depth, 1..${MAX_DEPTH}` },
-    'data-mode': { type: 'string', choices: ['auto', ...DATA_MODES], default: 'auto', describe: 'how request data moves' },
+    ...engineOptions(targets.map((t) => t.name)),
     foreground: { type: 'boolean', default: false, describe: 'serve in this process until signalled' },
   };
   if (chosen) return valueRequired({ ...own, ...chosen.options });
@@ -54,6 +51,49 @@ function addOptions(targets: TargetSpec[], chosen: TargetSpec | undefined): Reco
   return valueRequired({ ...own, ...merged });
 }
 
+/** up and down: NAME... or --all, not both. */
+function namesOrAll(verb: string, a: Record<string, unknown>): true {
+  const names = Array.isArray(a.names) ? a.names.map(String) : [];
+  if (names.length === 0 && a.all !== true) throw new UserError(`${verb} needs NAME (a device in the config file) or --all`);
+  if (names.length > 0 && a.all === true) throw new UserError(`${verb} takes NAME or --all, not both`);
+  names.forEach(checkName);
+  return true;
+}
+
+/**
+ * Runs up or down and says how each device went as soon as it is known: done on stdout, failed on stderr
+ * (one line each). The exit status is that of the first failure; the others still went ahead.
+ */
+async function upOrDown(verb: 'up' | 'down', a: Record<string, unknown>): Promise<void> {
+  const { up, down } = await import('./updown.js');
+  const file = configPath(typeof a.config === 'string' ? a.config : undefined);
+  const names = a.all === true ? 'all' : Array.isArray(a.names) ? a.names.map(String) : [];
+  const said: Record<Outcome['state'], (o: Outcome) => string> = {
+    up: (o) => `${o.name}: up, ${o.path} -> ${o.blockDevice}`,
+    'already-up': (o) => `${o.name}: already up, ${o.path} -> ${o.blockDevice}`,
+    down: (o) => `${o.name}: down (was ${o.blockDevice})`,
+    'already-down': (o) => `${o.name}: already down`,
+    failed: (o) => o.error ?? o.name,
+  };
+  const outcomes = await (verb === 'up' ? up : down)(file, names, (o) => {
+    if (o.state === 'failed') console.error(json ? JSON.stringify({ error: o.error, code: o.code }) : `ublk-ts: ${o.error}`);
+    else if (!json) console.log(said[o.state](o));
+  });
+  if (json) print({ devices: outcomes }, () => '');
+  else if (outcomes.length === 0) console.log(verb === 'up' ? `no devices to bring up in ${file}` : 'no devices up (none that up brought up)');
+  const first = outcomes.find((o) => o.state === 'failed');
+  if (first) process.exitCode = EXIT_STATUS[first.code ?? 'other'];
+}
+
+/** --watch: seconds, fractions allowed. */
+function seconds(v: unknown): number | undefined {
+  if (v === undefined) return undefined;
+  const [min, max] = WATCH_RANGE;
+  if (typeof v === 'number' && v >= min && v <= max) return v;
+  const raw = rawValue(argv, ['watch', 'w']) ?? String(v);
+  throw new UserError(`--watch must be a number of seconds from ${min} to ${max}, not "${raw}"`);
+}
+
 async function main(): Promise<void> {
   const verb = verbOf(argv);
   const command = COMMANDS.find((c) => c === verb);
@@ -62,13 +102,34 @@ async function main(): Promise<void> {
   const targets = command === 'add' ? await loadAllTargets() : [];
   // The target decides which options `add` takes; given twice, it is refused once parsed (noRepeats).
   const once = argv.filter((t) => t === '--target' || t.startsWith('--target=')).length === 1;
-  const chosen = once ? targets.find((t) => t.name === rawValue(argv, ['target'])) : undefined;
+  const targetArg = once ? rawValue(argv, ['target']) : undefined;
+  // A target of the user's own, given by path, joins the package's ones under that path as its name.
+  if (command === 'add' && targetArg !== undefined && isTargetPath(targetArg))
+    targets.push({ ...(await loadTarget(targetArg)), name: targetArg });
+  const chosen = targetArg !== undefined ? targets.find((t) => t.name === targetArg) : undefined;
   const ADD = addOptions(targets, chosen);
   const DEL: Record<string, Options> = valueRequired({
     number: { alias: 'n', type: 'number', describe: 'device id' },
     all: { alias: 'a', type: 'boolean', default: false, describe: 'every ublk device' },
   });
-  const byCommand: Record<(typeof COMMANDS)[number], Record<string, Options>> = { features: {}, list: {}, add: ADD, del: DEL };
+  const UPDOWN: Record<string, Options> = valueRequired({
+    all: { alias: 'a', type: 'boolean', default: false, describe: 'up: every device in the file (but those with "auto": false); down: every device up brought up' },
+    config: { type: 'string', describe: `the config file (default: $UBLK_TS_CONFIG or ${DEFAULT_CONFIG}; see ublk-ts.conf(5))` },
+  });
+  const STATS: Record<string, Options> = valueRequired({
+    number: { alias: 'n', type: 'number', describe: 'device id (default: every device)' },
+    watch: { alias: 'w', type: 'number', describe: `a report every SECONDS (${WATCH_RANGE.join('..')}) until interrupted` },
+    count: { alias: 'c', type: 'number', describe: 'with --watch: stop after N reports' },
+  });
+  const byCommand: Record<(typeof COMMANDS)[number], Record<string, Options>> = {
+    features: {},
+    list: {},
+    add: ADD,
+    del: DEL,
+    up: UPDOWN,
+    down: UPDOWN,
+    stats: STATS,
+  };
   const foreign = new Map<string, string[]>();
   if (chosen)
     for (const t of targets)
@@ -116,11 +177,12 @@ async function main(): Promise<void> {
           devs.length === 0
             ? 'no ublk devices'
             : [
-                'ID  DEVICE        STATE  TARGET  MODE        QUEUES  DEPTH  SIZE    PID     BACKING',
+                'ID  DEVICE        NAME          STATE  TARGET  MODE        QUEUES  DEPTH  SIZE    PID     BACKING',
                 ...devs.map((d) =>
                   [
                     String(d.id).padEnd(3),
                     d.blockDevice.padEnd(13),
+                    (d.name ?? '-').padEnd(13),
                     d.state.padEnd(6),
                     (d.target ?? '?').padEnd(7),
                     (d.mode ?? '?').padEnd(11),
@@ -145,11 +207,13 @@ async function main(): Promise<void> {
         if (!spec) throw new UserError(`--target must be one of: ${targets.map((t) => t.name).join(', ')}`);
         const targetOptions = Object.fromEntries(Object.keys(spec.options).map((k) => [k, a[k]]));
         const o = {
-          target: spec.name,
+          // The server process loads a target given by path itself, from wherever it runs.
+          target: isTargetPath(spec.name) ? path.resolve(spec.name) : spec.name,
           targetOptions,
-          id: wholeNumber(ctx, 'number', a.number, 0, MAX_DEV_ID),
-          queues: wholeNumber(ctx, 'queues', a.queues, 1, MAX_QUEUES),
-          depth: wholeNumber(ctx, 'depth', a.depth, 1, MAX_DEPTH) ?? 128,
+          // Checked here so that a mistake is reported before the server starts (the server checks them too).
+          id: wholeNumber(ctx, 'number', a.number, ...LIMITS.number),
+          queues: wholeNumber(ctx, 'queues', a.queues, ...LIMITS.queues),
+          depth: wholeNumber(ctx, 'depth', a.depth, ...LIMITS.depth) ?? DEFAULT_DEPTH,
           mode: a['data-mode'] as DataMode | 'auto',
         };
         const undo = await checkTarget(spec, targetOptions);
@@ -182,11 +246,79 @@ async function main(): Promise<void> {
         }),
       async (a) => {
         noRepeats(ctx, a);
-        const id = wholeNumber(ctx, 'number', a.number, 0, MAX_DEV_ID);
+        const id = wholeNumber(ctx, 'number', a.number, ...LIMITS.number);
         requireDriver();
         const ids = a.all || id === undefined ? kernelDeviceIds() : [id];
         for (const i of ids) await deleteDevice(i);
         print({ deleted: ids }, () => (ids.length ? ids.map((i) => `deleted /dev/ublkb${i}`).join('\n') : 'no devices'));
+      },
+    )
+    .command(
+      'up [names..]',
+      'bring up devices named in the config file, each at /dev/ublk-ts/NAME; one already up is left as it is',
+      (y: Argv) =>
+        y
+          .positional('names', { type: 'string', describe: 'devices in the config file' })
+          .options(UPDOWN)
+          .check((a) => namesOrAll('up', a)),
+      async (a) => {
+        noRepeats(ctx, a);
+        await upOrDown('up', a);
+      },
+    )
+    .command(
+      'down [names..]',
+      'stop and delete devices that up brought up, and their /dev/ublk-ts/NAME',
+      (y: Argv) =>
+        y
+          .positional('names', { type: 'string', describe: 'devices brought up by up' })
+          .options(UPDOWN)
+          .check((a) => namesOrAll('down', a)),
+      async (a) => {
+        noRepeats(ctx, a);
+        await upOrDown('down', a);
+      },
+    )
+    .command(
+      'stats [name]',
+      "IOPS, bandwidth and requests in flight (the block layer's counters) and the server's own counters",
+      (y: Argv) =>
+        y
+          .positional('name', { type: 'string', describe: 'a device up brought up (or -n N)' })
+          .options(STATS)
+          .check((a) => {
+            if (a.name !== undefined && a.number !== undefined) throw new UserError('stats takes NAME or -n N, not both');
+            if (a.count !== undefined && a.watch === undefined) throw new UserError('--count needs --watch SECONDS');
+            return true;
+          }),
+      async (a) => {
+        noRepeats(ctx, a);
+        const id = wholeNumber(ctx, 'number', a.number, ...LIMITS.number);
+        const count = wholeNumber(ctx, 'count', a.count, 1, Number.MAX_SAFE_INTEGER);
+        const watch = seconds(a.watch);
+        const name = a.name === undefined ? undefined : checkName(String(a.name));
+        requireDriver();
+        const { blockDeviceIds } = await import('./stats.js');
+        const { runStats } = await import('./stats-report.js');
+        let ids = blockDeviceIds;
+        if (name !== undefined) {
+          const rec = recordByName(name);
+          if (!rec || !processAlive(rec.pid)) throw new UserError(`no device named "${name}" is up (\`ublk-ts list\` shows the names)`, 'not-found');
+          ids = () => [rec.id];
+        } else if (id !== undefined) {
+          if (!blockDeviceIds().includes(id)) throw new UserError(`-n ${id}: no such ublk device (\`ublk-ts list\` shows them)`, 'not-found');
+          ids = () => [id];
+        }
+        await runStats({
+          ids,
+          fixed: name !== undefined || id !== undefined,
+          seconds: watch ?? 1,
+          count: watch === undefined ? 1 : count,
+          json,
+          watching: watch !== undefined,
+          redraw: watch !== undefined && !json && process.stdout.isTTY === true,
+          write: (t) => console.log(t),
+        });
       },
     )
     .demandCommand(1, NO_COMMAND)

@@ -5,12 +5,14 @@ import path from 'node:path';
 import { addon, projectRoot } from './native.js';
 import { explain, isErrorKind, isKernelError, UserError } from './errors.js';
 import type { Server, ServeOptions } from './server.js';
+import type { DaemonOptions } from './daemon.js';
+import { removeLink } from './dev-links.js';
 import { processAlive, readRecord, readRecords, removeRecord, stateDir, type DeviceRecord } from './state.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Starts a background server for the device; resolves with its record once /dev/ublkbN serves IO. */
-export async function addDevice(o: Omit<ServeOptions, 'log'>, timeoutMs = 120_000): Promise<DeviceRecord> {
+export async function addDevice(o: Omit<DaemonOptions, 'log'>, timeoutMs = 120_000): Promise<DeviceRecord> {
   fs.mkdirSync(stateDir(), { recursive: true });
   const log = path.join(stateDir(), `server-${Date.now()}-${process.pid}.log`);
   const out = fs.openSync(log, 'a');
@@ -95,6 +97,8 @@ export async function deleteDevice(id: number, timeoutMs = 10_000): Promise<void
     if (processAlive(rec.pid)) process.kill(rec.pid, 'SIGKILL');
   }
   removeRecord(id);
+  // Its server removes the link as it ends; not one that was killed.
+  if (rec?.name !== undefined) removeLink(rec.name, id);
   if (rec && !fs.existsSync(`/sys/class/ublk-char/ublkc${id}`)) return; // its server deleted it
   try {
     await addon.getDevInfo(id);
@@ -122,6 +126,8 @@ export interface ListedDevice {
   target?: string;
   mode?: string;
   blockDevice: string;
+  /** Given by `up`: /dev/ublk-ts/NAME. */
+  name?: string;
   info?: Record<string, string | number | boolean>;
 }
 
@@ -143,6 +149,7 @@ export async function listDevices(): Promise<ListedDevice[]> {
         target: rec?.target,
         mode: rec?.mode,
         blockDevice: `/dev/ublkb${id}`,
+        name: rec?.name,
         info: rec?.info,
       });
     } catch (e) {

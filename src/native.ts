@@ -58,6 +58,23 @@ export interface DeviceOptions {
   options?: TargetOptions;
   /** The device has USER_COPY beside zero copy: the target may ask to see a request's bytes. */
   userCopy?: boolean;
+  /** The bridge target's JavaScript side: batches of 24-byte request descriptors (src/bridge.ts). */
+  handler?: (batch: Buffer) => void;
+}
+
+export interface QueueStats {
+  /** Requests committed. */
+  requests: number;
+  /** Reads and writes served on the lease (zero copy). */
+  leased: number;
+  /** Reads and writes served through a copy buffer. */
+  copied: number;
+  /** Requests that failed. */
+  errors: number;
+  /** Members a target issued again (a read retried on another leg). */
+  retries: number;
+  /** Short transfers the engine continued. */
+  shortTransfers: number;
 }
 
 /** Options for the native side of a target: numbers, lists of numbers (ranges), strings. */
@@ -75,6 +92,12 @@ export interface NativeDevice {
   forceStop(): void;
   /** The target's live state as JSON text (a mirror's legs), or '' if it has none. */
   status(): string;
+  /** The queues' counters since start, summed. */
+  stats(): QueueStats;
+  /** Completions of bridged requests, 24-byte records (src/bridge.ts); returns how many were refused. */
+  complete(batch: Buffer): number;
+  /** /dev/ublkcN as the native side holds it: for user copy. Owned there; valid until close(). */
+  charFd(): number;
   /** Releases everything; only once join() (and wait(), if called) have settled. */
   close(): void;
 }

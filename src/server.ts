@@ -6,11 +6,14 @@ import { addon, type DataMode, type NativeDevice, type Params } from './native.j
 import { chooseMode, getFeatures, modeFlags } from './features.js';
 import { explain, isKernelError, UserError } from './errors.js';
 import { loadTarget } from './targets.js';
-import { removeRecord, writeRecord, type DeviceRecord } from './state.js';
-import type { OpenedTarget } from './target.js';
+import { removeRecord, writeRecord, writeStats, type DeviceRecord } from './state.js';
+import type { OpenedTarget, TargetSpec } from './target.js';
+import { Bridge } from './bridge.js';
 
 export interface ServeOptions {
   target: string;
+  /** The target itself, when it is served in this process (createDevice): no lookup by name. */
+  spec?: TargetSpec;
   targetOptions: Record<string, unknown>;
   id?: number;
   queues?: number;
@@ -26,6 +29,10 @@ export interface ServeOptions {
 
 const STATUS_INTERVAL_MS = 1000;
 
+function parseStatus(text: string): Record<string, unknown> {
+  return text === '' ? {} : (JSON.parse(text) as Record<string, unknown>);
+}
+
 export const MAX_IO_BYTES = 1 << 20;
 
 export class Server {
@@ -39,9 +46,23 @@ export class Server {
     private readonly opened: OpenedTarget,
     readonly done: Promise<void>,
     private readonly log: (line: string) => void,
+    private readonly bridge: Bridge | undefined,
   ) {
-    this.watch = setInterval(() => this.checkStatus(), STATUS_INTERVAL_MS).unref();
-    this.checkStatus();
+    const tick = () => {
+      this.checkStatus();
+      this.publishStats();
+    };
+    this.watch = setInterval(tick, STATUS_INTERVAL_MS).unref();
+    tick();
+  }
+
+  /** The queues' counters, for `ublk-ts stats` (another process): a small file beside the record. */
+  private publishStats(): void {
+    try {
+      writeStats(this.record.id, { time: Date.now(), pid: process.pid, ...this.dev.stats() });
+    } catch {
+      // Statistics are best effort: a full or missing state directory must not stop the device.
+    }
   }
 
   /** A target with live state (a mirror's legs): logged when it changes, kept in the record for `list`. */
@@ -56,7 +77,7 @@ export class Server {
 
   /** Brings the device up; resolves once /dev/ublkbN exists and serves IO. */
   static async start(o: ServeOptions): Promise<Server> {
-    const spec = await loadTarget(o.target);
+    const spec = o.spec ?? (await loadTarget(o.target));
     const queues = o.queues ?? os.availableParallelism();
     const depth = o.depth ?? 128;
     if (!Number.isInteger(queues) || queues < 1 || queues > 64) throw new UserError(`--queues must be 1..64, not ${queues}`);
@@ -66,6 +87,7 @@ export class Server {
     const opened = await spec.open(o.targetOptions);
     let devId: number | undefined;
     let dev: NativeDevice | undefined;
+    let bridge: Bridge | undefined;
     try {
       const flags = modeFlags(mode) | copyFlags(opened, mode, features);
       const info = await addon.addDev({
@@ -78,22 +100,28 @@ export class Server {
       devId = info.devId;
       o.onAdded?.(devId);
       if ((info.flags & flags) !== flags) throw new UserError(`the kernel refused the flags of data mode ${mode}`);
+      // A target written in TypeScript is served by the native bridge, which hands its requests over.
+      bridge = opened.typescript && new Bridge(opened.typescript, info.maxIoBufBytes, o.statusLog ?? (() => undefined));
       dev = new addon.Device({
         devId,
         queues: info.nrHwQueues,
         depth: info.queueDepth,
         maxIoBufBytes: info.maxIoBufBytes,
         mode,
-        target: spec.name,
+        target: bridge ? 'bridge' : spec.name,
         fds: opened.fds,
         options: opened.options,
         userCopy: (flags & addon.abi.flags.USER_COPY) !== 0n,
+        handler: bridge?.onBatch,
       });
+      bridge?.attach(dev);
       // FETCH every tag first: START_DEV waits for them, and the partition scan reads at once.
       await dev.start();
+      // A target whose native side learns the geometry (a network export's size) settles it now.
+      const shape = opened.afterStart ? opened.afterStart(parseStatus(dev.status())) : opened;
       const params: Params = {
-        ...opened.params,
-        devSectors: Math.floor(opened.size / 512),
+        ...shape.params,
+        devSectors: Math.floor(shape.size / 512),
         maxSectors: info.maxIoBufBytes / 512,
       };
       await addon.setParams(devId, params);
@@ -106,7 +134,7 @@ export class Server {
         mode,
         queues: info.nrHwQueues,
         depth: info.queueDepth,
-        size: opened.size,
+        size: shape.size,
         blockDevice: `/dev/ublkb${devId}`,
         charDevice: `/dev/ublkc${devId}`,
         log: o.log,
@@ -114,8 +142,9 @@ export class Server {
       };
       writeRecord(record);
       const started = dev;
-      return new Server(record, started, opened, started.wait(), o.statusLog ?? (() => undefined));
+      return new Server(record, started, opened, started.wait(), o.statusLog ?? (() => undefined), bridge);
     } catch (e) {
+      await bridge?.close();
       await rollback(devId, dev);
       opened.close();
       throw explain(e);
@@ -134,6 +163,7 @@ export class Server {
       await addon.stopDev(id).catch(() => undefined);
       await joinWithin(this.dev, STOP_TIMEOUT_MS);
       await this.done.catch(() => undefined);
+      await this.bridge?.close();
       this.dev.close();
       this.opened.close();
       await removeFromKernel(id).catch(() => undefined);

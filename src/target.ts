@@ -1,6 +1,7 @@
 // What a target folder (targets/<name>/index.ts) exports: its options, validation, and how to open it.
 import type { Options } from 'yargs';
 import type { Params, TargetOptions } from './native.js';
+import type { BlockDevice } from './api.js';
 
 /** What an opened target hands to the engine. */
 export interface OpenedTarget {
@@ -17,6 +18,14 @@ export interface OpenedTarget {
   params: Omit<Params, 'devSectors' | 'maxSectors'>;
   /** Shown by `list`, kept in the device's state record. */
   info: Record<string, string | number | boolean>;
+  /**
+   * For a target whose native side learns the size and parameters when it starts (the handshake of a
+   * network export runs in the native init): called with its status once the queues run, before
+   * SET_PARAMS.
+   */
+  afterStart?(status: Record<string, unknown>): Pick<OpenedTarget, 'size' | 'params'>;
+  /** A target written in TypeScript: its handlers, served through the native bridge target. */
+  typescript?: BlockDevice;
   /** Releases what open() made. */
   close(): void;
 }

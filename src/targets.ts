@@ -5,6 +5,7 @@ import { pathToFileURL } from 'node:url';
 import { projectRoot } from './native.js';
 import type { TargetSpec } from './target.js';
 import { UserError } from './errors.js';
+import { defineTarget, type TypeScriptTarget } from './api.js';
 
 const dir = path.join(projectRoot, 'dist', 'targets');
 
@@ -16,10 +17,29 @@ export function targetNames(): string[] {
     .sort();
 }
 
+/** A target given by path (a module of the user's own) rather than by folder name. */
+export function isTargetPath(name: string): boolean {
+  return name.includes('/') || /\.[cm]?js$/.test(name);
+}
+
+/** A folder's or a module's default export: a native target's spec, or a target written in TypeScript. */
+function asSpec(x: TargetSpec | TypeScriptTarget): TargetSpec {
+  return 'movesData' in x ? x : defineTarget(x);
+}
+
 export async function loadTarget(name: string): Promise<TargetSpec> {
-  if (!targetNames().includes(name)) throw new UserError(`unknown target "${name}" (have: ${targetNames().join(', ')})`);
-  const mod = (await import(pathToFileURL(path.join(dir, name, 'index.js')).href)) as { default: TargetSpec };
-  return mod.default;
+  let file: string;
+  if (isTargetPath(name)) {
+    file = path.resolve(name);
+    if (!fs.existsSync(file)) throw new UserError(`--target ${name}: no such file`, 'not-found');
+  } else {
+    if (!targetNames().includes(name)) throw new UserError(`unknown target "${name}" (have: ${targetNames().join(', ')})`);
+    file = path.join(dir, name, 'index.js');
+  }
+  const mod = (await import(pathToFileURL(file).href)) as { default?: TargetSpec | TypeScriptTarget };
+  if (!mod.default || typeof mod.default.open !== 'function')
+    throw new UserError(`--target ${name}: its default export is not a target (an object with name and open())`);
+  return asSpec(mod.default);
 }
 
 export async function loadAllTargets(): Promise<TargetSpec[]> {

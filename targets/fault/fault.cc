@@ -169,7 +169,5 @@ static const struct target_ops fault_target_ops = {
 	.queue_io = fault_queue_io,
 	.on_member = fault_on_member,
 	.on_cqe = fault_on_cqe,
-	.queue_ops = 0,
-	.status = nullptr,
 };
 UBLK_TARGET(fault_target_ops)

@@ -44,13 +44,6 @@ static int file_queue_io(struct tq *, struct request *req)
 static const struct target_ops file_target_ops = {
 	.name = "file",
 	.init = file_init,
-	.deinit = nullptr,
-	.queue_init = nullptr,
-	.queue_deinit = nullptr,
 	.queue_io = file_queue_io,
-	.on_member = nullptr,
-	.on_cqe = nullptr,
-	.queue_ops = 0,
-	.status = nullptr,
 };
 UBLK_TARGET(file_target_ops)

@@ -16,13 +16,6 @@ static int null_queue_io(struct tq *, struct request *req)
 static const struct target_ops null_target_ops = {
 	.name = "null",
 	.init = null_init,
-	.deinit = nullptr,
-	.queue_init = nullptr,
-	.queue_deinit = nullptr,
 	.queue_io = null_queue_io,
-	.on_member = nullptr,
-	.on_cqe = nullptr,
-	.queue_ops = 0,
-	.status = nullptr,
 };
 UBLK_TARGET(null_target_ops)

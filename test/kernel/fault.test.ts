@@ -6,11 +6,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { deleteDevice } from '../../src/lifecycle.js';
-import { cli, cliJson, delAll, scratch, serverPids, sh, ublkDevices, type AddedDevice } from './helpers.js';
+import { cli, cliJson, delAll, fioInBackground, nothingLeft, scratch, serverPids, sh, sleep, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Runs dd and returns its exit status and stderr. */
 function dd(args: string): { ok: boolean; err: string } {
@@ -22,27 +20,9 @@ function dd(args: string): { ok: boolean; err: string } {
   }
 }
 
-/** Starts fio in the background; it is always killed when the test ends. */
-function fioInBackground(args: string[]) {
-  const fio = spawn('fio', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  fio.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  fio.stderr.on('data', (d: Buffer) => (out += d.toString()));
-  const exit = new Promise<number | null>((r) => fio.on('exit', (code) => r(code)));
-  onTestFinished(() => {
-    fio.kill('SIGKILL');
-  });
-  return { exit, output: () => out };
-}
-
 const inflight = (dev: AddedDevice) =>
   fs.readFileSync(`/sys/block/${path.basename(dev.blockDevice)}/inflight`, 'utf8').trim().split(/\s+/).map(Number);
 
-async function nothingLeft(): Promise<void> {
-  for (let i = 0; i < 100 && (ublkDevices().length > 0 || serverPids().length > 0); i++) await sleep(100);
-  expect(ublkDevices()).toEqual([]);
-  expect(serverPids()).toEqual([]);
-}
 
 describe('fault --delay-us', () => {
   it('64 delayed requests wait side by side, not one after another', () => {

@@ -1,7 +1,8 @@
 // Shared by the kernel suite: run the CLI and shell tools, and leave no device behind.
-import { execFileSync, spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { expect, onTestFinished } from 'vitest';
 
 export const CLI = path.resolve('dist/ublk-ts.mjs');
 
@@ -42,6 +43,10 @@ export function delAll(): void {
   sh('mountpoint -q /tmp/ublk-mnt && umount /tmp/ublk-mnt || true');
   cli('del', '--all');
   fs.rmSync(path.join('/tmp', 'ublk-ts-test'), { recursive: true, force: true });
+  // A tool that opened /dev/ublkbN after its device was gone made a regular file there (on the guest's RAM):
+  // it must not be taken for the next device of that number.
+  for (const n of fs.readdirSync('/dev').filter((n) => /^ublk[bc]\d+$/.test(n)))
+    if (!fs.statSync(`/dev/${n}`).isBlockDevice() && !fs.statSync(`/dev/${n}`).isCharacterDevice()) fs.rmSync(`/dev/${n}`);
 }
 
 export interface AddedDevice {
@@ -52,7 +57,34 @@ export interface AddedDevice {
   queues: number;
   depth: number;
   size: number;
+  /** The server's log file. */
+  log: string;
   info: Record<string, string | number | boolean>;
 }
 
 export const DATA_MODES = ['auto-lease', 'lease', 'user-copy', 'copy'] as const;
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Starts fio in the background with its output collected. It is always killed when the test ends: a later
+ * device may reuse the same /dev/ublkbN path, and a leaked fio would write into it.
+ */
+export function fioInBackground(args: string[]): { exit: Promise<number | null>; output: () => string } {
+  const fio = spawn('fio', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  fio.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  fio.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  const exit = new Promise<number | null>((r) => fio.on('exit', (code) => r(code)));
+  onTestFinished(() => {
+    fio.kill('SIGKILL');
+  });
+  return { exit, output: () => out };
+}
+
+/** Waits (bounded) until no ublk device and no server process is left, then says so. */
+export async function nothingLeft(): Promise<void> {
+  for (let i = 0; i < 100 && (ublkDevices().length > 0 || serverPids().length > 0); i++) await sleep(100);
+  expect(ublkDevices()).toEqual([]);
+  expect(serverPids()).toEqual([]);
+}

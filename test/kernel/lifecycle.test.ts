@@ -1,15 +1,13 @@
 // Lifecycle on the real driver: discard reaches the backing file, del under load, bad input, signals.
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { deleteDevice } from '../../src/lifecycle.js';
-import { cli, cliJson, delAll, scratch, serverPids, sh, ublkDevices, type AddedDevice } from './helpers.js';
+import { cli, cliJson, delAll, fioInBackground, scratch, serverPids, sh, sleep, ublkDevices, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
 
 const allocatedBytes = (file: string) => fs.statSync(file).blocks * 512;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('discard', () => {
   it('punches holes in the backing file', () => {
@@ -45,26 +43,18 @@ describe('delete under load', () => {
   it('del returns within 5 s while fio runs; fio sees errors, nothing is left', async () => {
     const img = path.join(scratch('del-load'), 'disk.img');
     const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', img, '--size', '512M', '--queues', '2');
-    const fio = spawn('fio', ['--name=load', `--filename=${dev.blockDevice}`, '--ioengine=io_uring', '--direct=1', '--rw=randrw',
-      '--bs=4k', '--iodepth=64', '--size=512M', '--time_based', '--runtime=120'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let fioOut = '';
-    fio.stdout.on('data', (d: Buffer) => (fioOut += d.toString()));
-    fio.stderr.on('data', (d: Buffer) => (fioOut += d.toString()));
-    const fioExit = new Promise<number | null>((r) => fio.on('exit', (code) => r(code)));
-    // Never leak fio into later tests: a new device may reuse this path and fio would write into it.
-    onTestFinished(() => {
-      fio.kill('SIGKILL');
-    });
+    const fio = fioInBackground(['--name=load', `--filename=${dev.blockDevice}`, '--ioengine=io_uring', '--direct=1', '--rw=randrw',
+      '--bs=4k', '--iodepth=64', '--size=512M', '--time_based', '--runtime=120']);
     await sleep(4000);
-    expect(fioOut).not.toMatch(/error/); // it was running cleanly before the delete
+    expect(fio.output()).not.toMatch(/error/); // it was running cleanly before the delete
     const t0 = Date.now();
     await deleteDevice(dev.id);
     const took = Date.now() - t0;
     console.log(`del under load took ${took} ms`);
     expect(took).toBeLessThan(5000);
-    const code = await Promise.race([fioExit, sleep(60_000).then(() => 'hung' as const)]);
+    const code = await Promise.race([fio.exit, sleep(60_000).then(() => 'hung' as const)]);
     expect(code).not.toBe('hung');
-    expect(fioOut).toMatch(/io_u error on file/); // fio saw the device go, as errors
+    expect(fio.output()).toMatch(/io_u error on file/); // fio saw the device go, as errors
     // DEL_DEV_ASYNC frees the id once fio, the last opener, has closed the device.
     for (let i = 0; i < 50 && (ublkDevices().length > 0 || serverPids().length > 0); i++) await sleep(100);
     expect(ublkDevices()).toEqual([]);

@@ -1,0 +1,24 @@
+// The options of a device that belong to the engine rather than to its target: one definition for the
+// command line of `add` and for the config file of `up` (ublk-ts.conf(5)), so both take the same names
+// and limits.
+import type { Options } from 'yargs';
+import { DATA_MODES } from './features.js';
+
+export const DEFAULT_DEPTH = 128;
+
+/** Whole-number options and their ranges. ADD_DEV refuses ids from UBLK_MAX_UBLKS (1 << MINORBITS) up. */
+export const LIMITS = {
+  number: [0, (1 << 20) - 1],
+  queues: [1, 64],
+  depth: [1, 4096],
+} as const satisfies Record<string, readonly [number, number]>;
+
+export function engineOptions(targetNames: readonly string[]): Record<string, Options> {
+  return {
+    target: { type: 'string', choices: [...targetNames], demandOption: true, describe: 'backend' },
+    number: { alias: 'n', type: 'number', describe: 'device id (default: first free)' },
+    queues: { alias: 'q', type: 'number', describe: `hardware queues, ${LIMITS.queues.join('..')} (default: CPUs)` },
+    depth: { alias: 'd', type: 'number', default: DEFAULT_DEPTH, describe: `queue depth, ${LIMITS.depth.join('..')}` },
+    'data-mode': { type: 'string', choices: ['auto', ...DATA_MODES], default: 'auto', describe: 'how request data moves' },
+  };
+}

@@ -1,0 +1,140 @@
+// `up` and `down`: the devices named in the config file, brought to the state asked for. A device already
+// there is left as it is (found by the name in its state record), and one that fails does so alone, in
+// one line, while the others go on.
+import fs from 'node:fs';
+import { errorKind, oneLine, UserError, type ErrorKind } from './errors.js';
+import { checkName, configuredDevice, readConfig, type ConfigEntry } from './config.js';
+import { linkPath, makeLink } from './dev-links.js';
+import { requireDriver } from './features.js';
+import { addDevice, deleteDevice } from './lifecycle.js';
+import { checkTarget } from './usage.js';
+import { processAlive, readRecords, recordByName, type DeviceRecord } from './state.js';
+import type { ConfiguredDevice } from './config.js';
+
+export interface Outcome {
+  name: string;
+  state: 'up' | 'already-up' | 'down' | 'already-down' | 'failed';
+  id?: number;
+  /** The stable path, /dev/ublk-ts/NAME. */
+  path?: string;
+  blockDevice?: string;
+  /** failed: one line, starting with the name. */
+  error?: string;
+  code?: ErrorKind;
+}
+
+/** Told each device's outcome as soon as it is known (a slow device does not hold back the others' lines). */
+export type OnOutcome = (o: Outcome) => void;
+
+function failed(name: string, e: unknown): Outcome {
+  return { name, state: 'failed', error: `${name}: ${oneLine(e)}`, code: errorKind(e) };
+}
+
+function reached(name: string, state: Outcome['state'], rec: DeviceRecord): Outcome {
+  return { name, state, id: rec.id, path: linkPath(name), blockDevice: rec.blockDevice };
+}
+
+/** `--all`, or the names given (each must be in the file: a typo is refused before anything changes). */
+function select(entries: ConfigEntry[], names: readonly string[] | 'all', file: string): ConfigEntry[] {
+  if (names === 'all') return entries.filter((e) => e.auto);
+  return names.map((n) => {
+    const e = entries.find((x) => x.name === n);
+    if (!e) throw new UserError(`no device "${n}" in ${file} (it names: ${entries.map((x) => x.name).join(', ') || 'none'})`, 'not-found');
+    return e;
+  });
+}
+
+/**
+ * Paths among a device's options must exist: `up` never creates a backing file. At boot a missing one
+ * usually means that its filesystem is not mounted (yet), and a new file would land on the wrong one.
+ */
+function requireExisting(serve: ConfiguredDevice['serve']): void {
+  const values = Object.values(serve.targetOptions).flatMap((v) => (Array.isArray(v) ? v : [v]));
+  for (const v of values)
+    if (typeof v === 'string' && v.startsWith('/') && !fs.existsSync(v))
+      throw new UserError(`${v} does not exist (up never creates a backing file; is its filesystem mounted?)`, 'backend');
+}
+
+export async function up(file: string, names: readonly string[] | 'all', on: OnOutcome): Promise<Outcome[]> {
+  const chosen = select(readConfig(file), names, file);
+  const out: Outcome[] = [];
+  const tell = (o: Outcome) => {
+    out.push(o);
+    on(o);
+  };
+  // First, without the kernel: what is up already, and whether the rest are right (their backing opened once).
+  const ready: { name: string; serve: ConfiguredDevice['serve']; undo: () => void; stale?: DeviceRecord }[] = [];
+  for (const entry of chosen) {
+    try {
+      const rec = recordByName(checkName(entry.name));
+      if (rec && processAlive(rec.pid)) {
+        makeLink(entry.name, rec.id); // a no-op unless someone removed it
+        tell(reached(entry.name, 'already-up', rec));
+        continue;
+      }
+      const { spec, serve } = await configuredDevice(file, entry);
+      requireExisting(serve);
+      ready.push({ name: entry.name, serve, undo: await checkTarget(spec, serve.targetOptions), stale: rec });
+    } catch (e) {
+      tell(failed(entry.name, e));
+    }
+  }
+  if (ready.length === 0) return out;
+  try {
+    requireDriver();
+  } catch (e) {
+    for (const r of ready) r.undo();
+    throw e;
+  }
+  for (const r of ready) {
+    try {
+      // Its server is gone, but the kernel may still hold the device: free it before making another.
+      if (r.stale) await deleteDevice(r.stale.id).catch(() => undefined);
+      tell(reached(r.name, 'up', await addDevice(r.serve)));
+    } catch (e) {
+      tell(failed(r.name, e));
+    }
+  }
+  return out;
+}
+
+/**
+ * `down --all` takes down every device `up` brought up, whether or not the file still names it, and never
+ * needs the file: a broken one must not keep devices up at shutdown. A name given must be up or in the file.
+ */
+export async function down(file: string, names: readonly string[] | 'all', on: OnOutcome): Promise<Outcome[]> {
+  const named = readRecords().filter((r): r is DeviceRecord & { name: string } => r.name !== undefined);
+  const chosen = names === 'all' ? named.map((r) => r.name) : names.map(checkName);
+  const out: Outcome[] = [];
+  const tell = (o: Outcome) => {
+    out.push(o);
+    on(o);
+  };
+  const recs = chosen.map((n) => named.find((r) => r.name === n));
+  const missing = chosen.filter((_, i) => !recs[i]);
+  if (missing.length > 0) {
+    let inFile: string[] = [];
+    try {
+      inFile = readConfig(file).map((e) => e.name);
+    } catch {
+      // Unreadable: every name not up is unknown.
+    }
+    const unknown = missing.find((n) => !inFile.includes(n));
+    if (unknown !== undefined) throw new UserError(`no device "${unknown}" is up, nor named in ${file}`, 'not-found');
+  }
+  if (recs.some((r) => r)) requireDriver();
+  for (const [i, name] of chosen.entries()) {
+    const rec = recs[i];
+    if (!rec) {
+      tell({ name, state: 'already-down' });
+      continue;
+    }
+    try {
+      await deleteDevice(rec.id);
+      tell(reached(name, 'down', rec));
+    } catch (e) {
+      tell(failed(name, e));
+    }
+  }
+  return out;
+}

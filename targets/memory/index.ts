@@ -1,0 +1,53 @@
+// memory: a RAM disk written in TypeScript, on the public API (src/api.ts). Sparse: memory is taken in
+// 64 KiB chunks on first write; untouched chunks read as zeroes; discard and write-zeroes give whole
+// chunks back.
+import { defineTarget, type BlockRequest } from '../../src/api.js';
+import { parseSize } from '../../src/size.js';
+
+const CHUNK = 64 * 1024;
+
+/** Calls fn for each chunk the request touches, with where in the chunk and in the request. */
+function eachChunk(req: BlockRequest, fn: (index: number, inChunk: number, inReq: number, len: number) => void): void {
+  for (let done = 0; done < req.length; ) {
+    const pos = req.offset + done;
+    const index = Math.floor(pos / CHUNK), inChunk = pos % CHUNK;
+    const len = Math.min(CHUNK - inChunk, req.length - done);
+    fn(index, inChunk, done, len);
+    done += len;
+  }
+}
+
+export default defineTarget({
+  name: 'memory',
+  describe: 'a sparse RAM disk written in TypeScript (gone when the device is deleted)',
+  options: { size: { describe: 'device size, e.g. 1G (memory: default 256M, taken as it is written)' } },
+  open(opts) {
+    const size = parseSize(String(opts.size ?? '256M'));
+    const chunks = new Map<number, Buffer>();
+    const zero = (req: BlockRequest) =>
+      eachChunk(req, (i, at, _r, len) => {
+        if (len === CHUNK) chunks.delete(i);
+        else chunks.get(i)?.fill(0, at, at + len);
+      });
+    return {
+      size,
+      info: { kind: 'memory' },
+      read(req) {
+        eachChunk(req, (i, at, r, len) => {
+          const c = chunks.get(i);
+          if (c) c.copy(req.data, r, at, at + len);
+          else req.data.fill(0, r, r + len);
+        });
+      },
+      write(req) {
+        eachChunk(req, (i, at, r, len) => {
+          let c = chunks.get(i);
+          if (!c) chunks.set(i, (c = Buffer.alloc(CHUNK)));
+          req.data.copy(c, at, r, r + len);
+        });
+      },
+      discard: zero,
+      writeZeroes: zero,
+    };
+  },
+});

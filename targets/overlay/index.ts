@@ -1,0 +1,109 @@
+// overlay: a copy-on-write disk over a read-only base image, written in TypeScript. The device is split in
+// 64 KiB chunks; a chunk never written reads from the base, a written one lives in the overlay file at the
+// same offset. Requests that touch chunks all in one state are routed (served on the lease, kernel to
+// kernel: the bytes never reach JavaScript); only the first write to a chunk comes here, for a
+// read-modify-write of the chunk from the base. Which chunks are written is kept in FILE.map, so the
+// overlay survives del and re-add; the base is opened read-only and never changes.
+import fs from 'node:fs';
+import { defineTarget, type BlockDevice, type BlockRequest, type Route } from '../../src/api.js';
+
+const CHUNK = 64 * 1024;
+
+type PositionalIo = (fd: number, buf: Buffer, off: number, len: number, pos: number, cb: (e: Error | null) => void) => void;
+/** fs.read or fs.write at a position, on libuv's pool, as a promise. */
+const pio = (f: PositionalIo, fd: number, buf: Buffer, off: number, len: number, pos: number) =>
+  new Promise<void>((res, rej) => f(fd, buf, off, len, pos, (e) => (e ? rej(e) : res())));
+
+export default defineTarget({
+  name: 'overlay',
+  describe: 'copy-on-write over a read-only base image (TypeScript)',
+  options: {
+    base: { describe: 'the read-only base image' },
+    overlay: { describe: 'where written chunks go (made if missing; FILE.map beside it holds which)' },
+  },
+  open(opts): BlockDevice {
+    if (typeof opts.base !== 'string' || typeof opts.overlay !== 'string') throw new Error('needs --base IMG and --overlay FILE');
+    const base = fs.openSync(opts.base, 'r');
+    const size = fs.fstatSync(base).size - (fs.fstatSync(base).size % 4096);
+    if (size === 0) throw new Error(`--base ${opts.base} is empty`);
+    const over = fs.openSync(opts.overlay, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    if (fs.fstatSync(over).size < size) fs.ftruncateSync(over, size);
+    const chunks = Math.ceil(size / CHUNK);
+    const mapFd = fs.openSync(`${opts.overlay}.map`, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    const map = Buffer.alloc(chunks);
+    fs.readSync(mapFd, map, 0, chunks, 0);
+    const written = (i: number) => map[i] === 1;
+    /** The first write to a chunk runs alone: a second one waits for it, then finds the chunk written. */
+    const busy = new Map<number, Promise<void>>();
+    let copiedUp = 0;
+
+    const span = (req: { offset: number; length: number }) => [Math.floor(req.offset / CHUNK), Math.floor((req.offset + req.length - 1) / CHUNK)];
+    const all = (req: { offset: number; length: number }, want: boolean) => {
+      const [a, b] = span(req);
+      for (let i = a; i <= b; i++) if (written(i) !== want || busy.has(i)) return false;
+      return true;
+    };
+
+    /** Copies chunk i up from the base with this request's bytes in it; false if another request did it
+     * first (then the caller writes its bytes over the overlay's, as for any written chunk). */
+    async function copyUp(i: number, req: BlockRequest): Promise<boolean> {
+      for (let p = busy.get(i); p; p = busy.get(i)) await p;
+      if (written(i)) return false;
+      const done = (async () => {
+        const start = i * CHUNK, len = Math.min(CHUNK, size - start);
+        const buf = Buffer.alloc(len);
+        await pio(fs.read, base, buf, 0, len, start);
+        // This request's bytes over the base's, then the whole chunk into the overlay, then the map.
+        const lo = Math.max(start, req.offset), hi = Math.min(start + len, req.offset + req.length);
+        req.data.copy(buf, lo - start, lo - req.offset, hi - req.offset);
+        await pio(fs.write, over, buf, 0, len, start);
+        await new Promise<void>((res, rej) => fs.fdatasync(over, (e) => (e ? rej(e) : res())));
+        map[i] = 1;
+        await pio(fs.write, mapFd, map, i, 1, i);
+        copiedUp++;
+      })();
+      busy.set(i, done);
+      try {
+        await done;
+      } finally {
+        busy.delete(i);
+      }
+      return true;
+    }
+
+    return {
+      size,
+      blockSize: 4096,
+      files: [base, over],
+      info: { base: opts.base, overlay: opts.overlay },
+      route(req): Route | undefined {
+        if (all(req, true)) return { file: 1, offset: req.offset };
+        if (req.op === 'read' && all(req, false)) return { file: 0, offset: req.offset };
+        return undefined;
+      },
+      async read(req) {
+        // Chunks in both states: each piece from where it lives.
+        const [a, b] = span(req);
+        for (let i = a; i <= b; i++) {
+          const lo = Math.max(i * CHUNK, req.offset), hi = Math.min((i + 1) * CHUNK, req.offset + req.length);
+          await pio(fs.read, written(i) ? over : base, req.data, lo - req.offset, hi - lo, lo);
+        }
+      },
+      async write(req) {
+        const [a, b] = span(req);
+        for (let i = a; i <= b; i++) {
+          const lo = Math.max(i * CHUNK, req.offset), hi = Math.min((i + 1) * CHUNK, req.offset + req.length);
+          if (written(i) || !(await copyUp(i, req))) await pio(fs.write, over, req.data, lo - req.offset, hi - lo, lo);
+        }
+      },
+      async flush() {
+        await new Promise<void>((res, rej) => fs.fdatasync(over, (e) => (e ? rej(e) : res())));
+        await new Promise<void>((res, rej) => fs.fdatasync(mapFd, (e) => (e ? rej(e) : res())));
+      },
+      close() {
+        console.error(`overlay: ${copiedUp} chunks copied up from the base`);
+        for (const fd of [base, over, mapFd]) fs.closeSync(fd);
+      },
+    };
+  },
+});

@@ -1,0 +1,166 @@
+// The mirror target on the real driver: fio's verification over 2 and 3 legs that end byte-identical, a
+// leg that dies mid-run under a mounted filesystem (device-mapper switched to its error table) without the
+// writer noticing, a failed read served from another leg, and what survives of a mirror mounting alone.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
+import { cli, cliJson, delAll, scratch, sh, type AddedDevice } from './helpers.js';
+
+afterEach(delAll);
+
+const MNT = '/tmp/ublk-mnt';
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface FioJob {
+  error: number;
+  write: { io_bytes: number };
+  read: { io_bytes: number };
+}
+const fioJob = (out: string) => (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: FioJob[] }).jobs[0];
+
+const VERIFY = '--ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-256k --iodepth=64 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0';
+
+function listed(id: number): AddedDevice {
+  const d = cliJson<AddedDevice[]>('list').find((x) => x.id === id);
+  if (!d) throw new Error(`device ${id} is not listed`);
+  return d;
+}
+
+/** A device-mapper device over a loop device over a tmpfs file; removed when the test ends. */
+function dmDevice(name: string, file: string, table: (loop: string) => string): string {
+  const loop = sh(`losetup --show -f ${file}`).trim();
+  // No udev in the guest: dmsetup must not wait for it; devtmpfs makes /dev/dm-N.
+  sh(`printf '${table(loop)}' | dmsetup create --noudevsync ${name}`);
+  onTestFinished(() => {
+    sh(`dmsetup remove --noudevsync ${name} 2>/dev/null || true; losetup -d ${loop} || true`);
+  });
+  return `/dev/dm-${sh(`dmsetup info -c --noheadings -o minor ${name}`).trim()}`;
+}
+
+/** Waits until the server's status poll (once a second) has put the leg's failure into the record. */
+async function failedLeg(id: number): Promise<AddedDevice> {
+  for (let i = 0; i < 50; i++) {
+    const d = listed(id);
+    if (d.info.mirror === 'degraded') return d;
+    await sleep(200);
+  }
+  return listed(id);
+}
+
+describe.each([
+  { legs: 2, mode: 'auto' },
+  { legs: 3, mode: 'auto' },
+  { legs: 2, mode: 'user-copy' },
+])('mirror over $legs file legs, data mode $mode', ({ legs, mode }) => {
+  it('passes fio verify=crc32c (4k-256k, QD64, 2 queues); discard reaches every leg; the legs end byte-identical', () => {
+    const dir = scratch(`mirror-${legs}-${mode}`);
+    const files = Array.from({ length: legs }, (_, i) => path.join(dir, `leg${i}.img`));
+    sh(files.map((f) => `truncate -s 128M ${f}`).join(' && '));
+    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', ...files.flatMap((f) => ['--leg', f]), '--data-mode', mode, '--queues', '2');
+    expect(dev.size).toBe(128 << 20);
+    expect(listed(dev.id).info).toMatchObject({ mirror: 'clean', legs: Array(legs).fill('ok').join(','), file: files.join(',') });
+    const size = mode === 'auto' ? '128M' : '64M';
+    const job = fioJob(sh(`fio --output-format=json --name=verify --filename=${dev.blockDevice} ${VERIFY} --size=${size}`));
+    expect(job.error).toBe(0);
+    expect(job.read.io_bytes).toBeGreaterThanOrEqual(job.write.io_bytes - (256 << 10)); // every block read back
+    // A discard and a write-zeroes, then a flush: each reaches every leg.
+    sh(`blkdiscard -o 1M -l 3M ${dev.blockDevice} && blkdiscard -z -o 8196k -l 1M ${dev.blockDevice} && sync ${dev.blockDevice}`);
+    expect(sh(`cmp -n 3M -i 1M ${dev.blockDevice} /dev/zero && echo same`).trim()).toBe('same');
+    expect(listed(dev.id).info.mirror).toBe('clean');
+    cliJson('del', '-n', String(dev.id));
+    for (const f of files.slice(1)) expect(sh(`cmp ${files[0]} ${f} && echo same`).trim()).toBe('same');
+    expect(sh(`cmp -n 1M -i 8196k:0 ${files[0]} /dev/zero && echo zero`).trim()).toBe('zero');
+  });
+});
+
+describe('mirror with a failing leg', () => {
+  it('a leg switched to an error table under a mounted ext4: fio sees nothing, list shows the leg failed, the good leg mounts alone', async () => {
+    const dir = scratch('mirror-degraded');
+    const good = path.join(dir, 'good.img');
+    sh(`truncate -s 128M ${good} ${dir}/back.img`);
+    const dm = dmDevice('ublk-ts-leg', `${dir}/back.img`, (loop) => `0 262144 linear ${loop} 0\\n`);
+    const dev = cliJson<AddedDevice & { log: string }>('add', '--target', 'mirror', '--leg', good, '--leg', dm, '--queues', '2');
+    sh(`mkfs.ext4 -q -F ${dev.blockDevice} && mkdir -p ${MNT} && mount ${dev.blockDevice} ${MNT}`);
+    sh(`for i in 1 2 3 4; do head -c 3M /dev/urandom > ${MNT}/before$i; done && sync`);
+
+    const fio = spawn('fio', ['--output-format=json', '--name=degraded', `--filename=${MNT}/fio.dat`, ...VERIFY.split(' '), '--size=48M'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    fio.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    fio.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const exit = new Promise<number | null>((r) => fio.on('exit', (code) => r(code)));
+    onTestFinished(() => {
+      fio.kill('SIGKILL');
+    });
+    // Mid-run: once fio has written 8 MiB through the device, the leg starts failing every request.
+    const written = () => Number(fs.readFileSync(`/sys/block/${path.basename(dev.blockDevice)}/stat`, 'utf8').trim().split(/\s+/)[6]) * 512;
+    const base = written();
+    for (let i = 0; i < 600 && written() - base < 8 << 20; i++) await sleep(100);
+    expect(fio.exitCode).toBeNull();
+    sh(`printf '0 262144 error\\n' | dmsetup load --noudevsync ublk-ts-leg && dmsetup resume --noudevsync ublk-ts-leg`);
+    const code = await exit;
+    expect(out).not.toMatch(/verify: bad/);
+    expect(code).toBe(0);
+    expect(fioJob(out).error).toBe(0);
+
+    const d = await failedLeg(dev.id);
+    expect(d.info).toMatchObject({ mirror: 'degraded', legs: 'ok,failed' });
+    expect(String(d.info.leg2)).toMatch(/^failed: (write|flush|read) at byte \d+: EIO/);
+    expect(fs.readFileSync(dev.log, 'utf8')).toMatch(/target status: .*"legs":"ok,failed"/);
+    // Still a working disk: more writes, on the one leg left.
+    sh(`head -c 5M /dev/urandom > ${MNT}/after && sync && cd ${MNT} && sha256sum before* after fio.dat > ${dir}/sums`);
+    sh(`umount ${MNT}`);
+    cliJson('del', '-n', String(dev.id));
+    sh(`e2fsck -fn ${good}`);
+
+    const alone = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', good, '--queues', '2');
+    expect(listed(alone.id).info).toMatchObject({ mirror: 'clean', legs: 'ok' });
+    sh(`mount ${alone.blockDevice} ${MNT}`);
+    expect(sh(`cd ${MNT} && sha256sum -c ${dir}/sums`).match(/: OK$/gm)?.length).toBe(6);
+  });
+
+  it('a read that fails on one leg is served by the other; the failing leg is dropped', async () => {
+    const dir = scratch('mirror-read');
+    sh(`head -c 16M /dev/urandom > ${dir}/good.img && cp ${dir}/good.img ${dir}/back.img`);
+    // The leg's second half reads as errors.
+    const dm = dmDevice('ublk-ts-half', `${dir}/back.img`, (loop) => `0 16384 linear ${loop} 0\\n16384 16384 error\\n`);
+    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', dm, '--leg', `${dir}/good.img`, '--queues', '1');
+    sh(`dd if=${dev.blockDevice} of=${dir}/read.bin bs=64k iflag=direct status=none`);
+    expect(sh(`cmp ${dir}/read.bin ${dir}/good.img && echo same`).trim()).toBe('same');
+    const d = await failedLeg(dev.id);
+    expect(d.info).toMatchObject({ mirror: 'degraded', legs: 'failed,ok' });
+    expect(String(d.info.leg1)).toMatch(/^failed: read at byte \d+: EIO/);
+    expect(Number(/at byte (\d+)/.exec(String(d.info.leg1))?.[1])).toBeGreaterThanOrEqual(8 << 20);
+  });
+
+  it('the last healthy leg is never dropped: its errors reach the reader, and the rest of it is served', async () => {
+    const dir = scratch('mirror-last');
+    sh(`truncate -s 16M ${dir}/back.img`);
+    const dm = dmDevice('ublk-ts-last', `${dir}/back.img`, (loop) => `0 16384 linear ${loop} 0\\n16384 16384 error\\n`);
+    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', dm, '--queues', '1');
+    expect(() => sh(`dd if=${dev.blockDevice} of=/dev/null bs=64k skip=128 count=1 iflag=direct status=none`)).toThrow(/Input\/output error/);
+    sh(`dd if=${dev.blockDevice} of=/dev/null bs=64k count=128 iflag=direct status=none`);
+    await sleep(1500);
+    expect(listed(dev.id).info).toMatchObject({ mirror: 'clean', legs: 'ok' });
+  });
+});
+
+describe('mirror refuses', () => {
+  it('no leg, a missing leg, the same leg twice, legs of different sizes: one line each, no device', () => {
+    const dir = scratch('mirror-bad');
+    sh(`truncate -s 16M ${dir}/a.img ${dir}/c.img && truncate -s 32M ${dir}/b.img && ln -s ${dir}/a.img ${dir}/link.img`);
+    const refused = (...args: string[]) => {
+      const r = cli('add', '--target', 'mirror', ...args);
+      expect(r.status).toBe(2);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      return r.stderr;
+    };
+    expect(refused()).toMatch(/at least one --leg/);
+    expect(refused('--leg', `${dir}/nope.img`)).toMatch(/--leg .*nope.img does not exist/);
+    expect(refused('--leg', `${dir}/a.img`, '--leg', `${dir}/link.img`)).toMatch(/same file as --leg/);
+    expect(refused('--leg', `${dir}/a.img`, '--leg', `${dir}/c.img`, '--leg', `${dir}/b.img`)).toMatch(/one size.*16777216.*33554432/);
+    expect(cliJson<unknown[]>('list')).toEqual([]);
+  });
+});

@@ -1,0 +1,289 @@
+// The nbd target on the real driver against real NBD servers from Debian packages (nbdkit, qemu-nbd): fio's
+// verification in every data mode and send mode, ext4 whose files survive del and re-add, a read-only export,
+// handshakes that fail in one line and leave nothing, a server that dies or hangs under fio (EIO within
+// --timeout, no hang, del works), and a reconnect across a server restart.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
+import { cli, cliJson, delAll, fioInBackground, nothingLeft, scratch, sh, sleep, type AddedDevice } from './helpers.js';
+
+afterEach(delAll);
+
+const MNT = '/tmp/ublk-mnt';
+
+const VERIFY = '--ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-256k --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0';
+
+interface FioJob {
+  error: number;
+  write: { io_bytes: number };
+  read: { io_bytes: number };
+}
+const fioJob = (out: string) => (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: FioJob[] }).jobs[0];
+
+/** fio's verification on the device; returns its job, with the first lines of stderr when it failed. */
+function fioVerify(dev: string, size: string, extra: string[] = []): FioJob & { stderr: string } {
+  const r = spawnSync('fio', ['--name=v', `--filename=${dev}`, ...VERIFY.split(' '), '--iodepth=32', `--size=${size}`, '--output-format=json', ...extra], {
+    encoding: 'utf8',
+    timeout: 600_000,
+  });
+  const stderr = r.stderr.split('\n').slice(0, 5).join('\n');
+  if (!r.stdout.includes('{')) throw new Error(`fio failed (${r.status}): ${stderr}`);
+  return { ...fioJob(r.stdout), stderr };
+}
+
+function listed(id: number): AddedDevice {
+  const d = cliJson<AddedDevice[]>('list').find((x) => x.id === id);
+  if (!d) throw new Error(`device ${id} is not listed`);
+  return d;
+}
+
+async function waitFor(what: string, ok: () => boolean, ms: number): Promise<void> {
+  for (const t0 = Date.now(); Date.now() - t0 < ms; await sleep(100)) if (ok()) return;
+  throw new Error(`${what}: not within ${ms} ms`);
+}
+
+/** A server in the foreground, killed when the test ends; resolves once its unix socket exists. */
+async function server(cmd: string, args: string[], sock: string): Promise<ChildProcess> {
+  fs.rmSync(sock, { force: true });
+  const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  p.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+  onTestFinished(() => {
+    p.kill('SIGKILL');
+  });
+  await waitFor(`${cmd} socket ${sock} (${err})`, () => fs.existsSync(sock), 20_000);
+  return p;
+}
+
+const nbdkit = (sock: string, ...args: string[]) => server('nbdkit', ['-f', '--exit-with-parent', '-U', sock, ...args], sock);
+
+
+describe('nbd over nbdkit memory', () => {
+  it('negotiates the export (size, flags, block sizes) and shows the connection in list --json', async () => {
+    const sock = path.join(scratch('nbd-list'), 'nbd.sock');
+    await nbdkit(sock, 'memory', '256M');
+    const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--queues', '1');
+    expect(dev.size).toBe(256 << 20);
+    const info = listed(dev.id).info;
+    expect(info).toMatchObject({ endpoint: `unix:${sock}`, export: '', state: 'connected', connections: 1, replies: 'simple', handshake: 'NBD_OPT_GO' });
+    expect(['fixed', 'copy']).toContain(info.send);
+    const blk = path.basename(dev.blockDevice);
+    // nbdkit's memory plugin takes FLUSH, FUA, TRIM and WRITE_ZEROES: a write cache with FUA, and discard.
+    expect(sh(`cat /sys/block/${blk}/queue/write_cache`).trim()).toBe('write back');
+    expect(Number(sh(`cat /sys/block/${blk}/queue/discard_max_bytes`))).toBeGreaterThan(0);
+    expect(Number(sh(`cat /sys/block/${blk}/queue/write_zeroes_max_bytes`))).toBeGreaterThan(0);
+  });
+
+  describe.each([
+    { mode: 'auto-lease', send: 'auto' },
+    { mode: 'auto-lease', send: 'copy' },
+    { mode: 'lease', send: 'auto' },
+    { mode: 'user-copy', send: 'auto' },
+    { mode: 'copy', send: 'auto' },
+  ])('data mode $mode, --send $send', ({ mode, send }) => {
+    it('passes fio verify=crc32c (4k-256k, QD32, one queue) with zero errors', async () => {
+      const sock = path.join(scratch(`nbd-${mode}-${send}`), 'nbd.sock');
+      await nbdkit(sock, 'memory', '256M');
+      const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--queues', '1', '--data-mode', mode, '--send', send);
+      expect(dev.mode).toBe(mode);
+      const t0 = Date.now();
+      const job = fioVerify(dev.blockDevice, '48M');
+      console.log(`nbd ${mode} --send ${send}: fio verify of 48M took ${Date.now() - t0} ms`);
+      expect(job.error, job.stderr).toBe(0);
+      expect(job.read.io_bytes).toBe(48 << 20);
+      // Discard and write-zeroes reach the server: zeroed blocks read back as zeroes.
+      sh(`blkdiscard -z -o 1M -l 1M ${dev.blockDevice}`);
+      expect(sh(`dd if=${dev.blockDevice} bs=1M skip=1 count=1 iflag=direct status=none | tr -d '\\0' | wc -c`).trim()).toBe('0');
+    });
+  });
+
+  it('ext4: 64 MB of files keep their checksums across del and re-add', async () => {
+    const dir = scratch('nbd-ext4');
+    const sock = path.join(dir, 'nbd.sock');
+    await nbdkit(sock, 'memory', '256M');
+    let dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--queues', '1');
+    sh(`mkfs.ext4 -q -F ${dev.blockDevice} && mkdir -p ${MNT} && mount ${dev.blockDevice} ${MNT}`);
+    sh(`for i in $(seq 1 16); do head -c 4M /dev/urandom > ${MNT}/f$i; done && cd ${MNT} && sha256sum f* > ${dir}/sums && cd / && umount ${MNT}`);
+    expect(cli('del', '-n', String(dev.id)).status).toBe(0);
+    dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--queues', '1');
+    sh(`mount ${dev.blockDevice} ${MNT} && cd ${MNT} && sha256sum -c --quiet ${dir}/sums && cd / && umount ${MNT}`);
+    sh(`fsck.ext4 -n -f ${dev.blockDevice}`);
+  });
+});
+
+describe('connections', () => {
+  it('NBD_FLAG_CAN_MULTI_CONN: one connection per queue, each serving its queue; fio verify on 2 queues at QD64', async () => {
+    const dir = scratch('nbd-multi');
+    const sock = path.join(dir, 'nbd.sock');
+    const log = path.join(dir, 'nbdkit.log');
+    await nbdkit(sock, '--filter=log', 'memory', '256M', `logfile=${log}`);
+    const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--queues', '2');
+    expect(listed(dev.id).info).toMatchObject({ multiConn: true, connections: 2, state: 'connected' });
+    // One fio job per CPU: each CPU's requests go to its own hardware queue, so both connections work.
+    const r = spawnSync('fio', ['--name=v', `--filename=${dev.blockDevice}`, ...VERIFY.split(' '), '--iodepth=64', '--size=32M',
+      '--numjobs=2', '--offset_increment=64M', '--cpus_allowed=0-1', '--cpus_allowed_policy=split', '--group_reporting',
+      '--output-format=json'], { encoding: 'utf8', timeout: 600_000 });
+    const job = fioJob(r.stdout);
+    expect(job.error, r.stderr.slice(0, 500)).toBe(0);
+    expect(job.read.io_bytes).toBe(64 << 20);
+    const text = fs.readFileSync(log, 'utf8');
+    const serving = new Set([...text.matchAll(/connection=(\d+) (?:Read|Write)/g)].map((m) => m[1]));
+    console.log(`nbdkit saw ${[...text.matchAll(/Connect /g)].length} connections; ${serving.size} carried reads and writes`);
+    expect(serving.size).toBe(2);
+  });
+
+  it('an export without NBD_FLAG_CAN_MULTI_CONN refuses --queues 2 in one line and leaves no device', async () => {
+    const dir = scratch('nbd-single');
+    const sock = path.join(dir, 'nbd.sock');
+    sh(`qemu-img create -q -f qcow2 ${dir}/disk.qcow2 64M`);
+    await server('qemu-nbd', ['-t', '-k', sock, '-f', 'qcow2', `${dir}/disk.qcow2`], sock);
+    const r = cli('add', '--target', 'nbd', '--socket', sock, '--queues', '2');
+    expect(r.status).not.toBe(0);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    console.log(`no multi-conn: ${r.stderr.trim()}`);
+    await nothingLeft();
+  });
+});
+
+describe('nbd over qemu-nbd', () => {
+  it('serves a qcow2 image: fio verify=crc32c with zero errors', async () => {
+    const dir = scratch('nbd-qemu');
+    const sock = path.join(dir, 'nbd.sock');
+    sh(`qemu-img create -q -f qcow2 ${dir}/disk.qcow2 256M`);
+    await server('qemu-nbd', ['-t', '-k', sock, '-f', 'qcow2', '-x', 'disk', `${dir}/disk.qcow2`], sock);
+    const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--export', 'disk', '--queues', '1');
+    expect(dev.size).toBe(256 << 20);
+    const job = fioVerify(dev.blockDevice, '32M');
+    expect(job.error, job.stderr).toBe(0);
+    expect(job.read.io_bytes).toBe(32 << 20);
+  });
+});
+
+describe('nbd over TCP', () => {
+  it('--send zc: write payloads leave by SEND_ZC from the lease; fio verify=crc32c with zero errors', async () => {
+    const dir = scratch('nbd-tcp');
+    const port = 10809 + Math.floor(Math.random() * 1000);
+    sh('ip link set lo up'); // the guest brings up no network of its own
+    const srv = spawn('nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), 'memory', '256M'], { stdio: 'ignore' });
+    onTestFinished(() => {
+      srv.kill('SIGKILL');
+    });
+    await waitFor('nbdkit on TCP', () => spawnSync('bash', ['-c', `echo > /dev/tcp/127.0.0.1/${port}`]).status === 0, 20_000);
+    const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--host', '127.0.0.1', '--port', String(port), '--queues', '1', '--send', 'zc');
+    const info = listed(dev.id).info;
+    expect(info).toMatchObject({ endpoint: `127.0.0.1:${port}`, send: 'zc', state: 'connected' });
+    const job = fioVerify(dev.blockDevice, '32M');
+    expect(job.error, job.stderr).toBe(0);
+    expect(job.read.io_bytes).toBe(32 << 20);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+});
+
+describe('exports that are not what they seem', () => {
+  it('a read-only export makes a read-only device that refuses writes', async () => {
+    const sock = path.join(scratch('nbd-ro'), 'nbd.sock');
+    await nbdkit(sock, '-r', 'memory', '64M');
+    const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--queues', '1');
+    expect(listed(dev.id).info.readOnly).toBe(true);
+    expect(sh(`cat /sys/block/${path.basename(dev.blockDevice)}/ro`).trim()).toBe('1');
+    sh(`dd if=${dev.blockDevice} of=/dev/null bs=1M count=4 iflag=direct status=none`);
+    expect(() => sh(`dd if=/dev/zero of=${dev.blockDevice} bs=4k count=1 oflag=direct status=none 2>/dev/null`)).toThrow();
+  });
+
+  it('an export that does not exist fails add in one line and leaves no device', async () => {
+    const sock = path.join(scratch('nbd-noexport'), 'nbd.sock');
+    await nbdkit(sock, '--filter=exportname', 'memory', '64M', 'exportname-strict=true', 'exportname=disk', 'default-export=disk');
+    const r = cli('add', '--target', 'nbd', '--socket', sock, '--export', 'nope', '--queues', '1');
+    expect(r.status).not.toBe(0);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    console.log(`missing export: ${r.stderr.trim()}`);
+    expect(r.stderr).toMatch(/no export named "nope"/);
+    await nothingLeft();
+  });
+
+  it('a listener that is not an NBD server fails add in one line and leaves no device', async () => {
+    const dir = scratch('nbd-garbage');
+    const sock = path.join(dir, 'http.sock');
+    await server(process.execPath, ['-e', `require('net').createServer((s) => { s.on('error', () => {}); s.end('HTTP/1.0 400 Bad Request\\r\\n\\r\\n'); }).listen(${JSON.stringify(sock)})`], sock);
+    const r = cli('add', '--target', 'nbd', '--socket', sock, '--queues', '1');
+    expect(r.status).not.toBe(0);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    console.log(`not an NBD server: ${r.stderr.trim()}`);
+    expect(r.stderr).toMatch(/not an NBD server/);
+    await nothingLeft();
+  });
+});
+
+describe('a server that goes away', () => {
+  it('killed under fio: fio gets I/O errors within --timeout, nothing hangs, del works', async () => {
+    const sock = path.join(scratch('nbd-kill'), 'nbd.sock');
+    const srv = await nbdkit(sock, 'memory', '256M');
+    const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--queues', '1', '--timeout', '5');
+    const fio = fioInBackground(['--name=k', `--filename=${dev.blockDevice}`, '--ioengine=io_uring', '--direct=1', '--rw=randrw',
+      '--bs=4k', '--iodepth=32', '--size=64M', '--time_based', '--runtime=120']);
+    await sleep(3000);
+    const t0 = Date.now();
+    srv.kill('SIGKILL');
+    const code = await Promise.race([fio.exit, sleep(30_000).then(() => 'hung' as const)]);
+    console.log(`fio ended ${Date.now() - t0} ms after the server was killed`);
+    expect(code).not.toBe('hung');
+    expect(fio.output()).toMatch(/error/i);
+    await waitFor('state disconnected', () => listed(dev.id).info.state === 'disconnected', 5_000);
+    // New IO fails at once rather than waiting.
+    expect(() => sh(`dd if=${dev.blockDevice} of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null`, 20_000)).toThrow();
+    expect(cli('del', '-n', String(dev.id)).status).toBe(0);
+    await nothingLeft();
+  });
+
+  it('hung (SIGSTOP) under fio: requests fail with EIO within --timeout, del works', async () => {
+    const sock = path.join(scratch('nbd-hang'), 'nbd.sock');
+    const srv = await nbdkit(sock, 'memory', '256M');
+    onTestFinished(() => {
+      srv.kill('SIGCONT');
+    });
+    const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--queues', '1', '--timeout', '3');
+    const fio = fioInBackground(['--name=h', `--filename=${dev.blockDevice}`, '--ioengine=io_uring', '--direct=1', '--rw=randread',
+      '--bs=4k', '--iodepth=32', '--size=64M', '--time_based', '--runtime=120']);
+    await sleep(3000);
+    const t0 = Date.now();
+    srv.kill('SIGSTOP');
+    const code = await Promise.race([fio.exit, sleep(30_000).then(() => 'hung' as const)]);
+    console.log(`fio ended ${Date.now() - t0} ms after the server was stopped (--timeout 3)`);
+    expect(code).not.toBe('hung');
+    expect(fio.output()).toMatch(/error/i);
+    await waitFor('lastError', () => /no reply within --timeout/.test(String(listed(dev.id).info.lastError)), 5_000);
+    const d0 = Date.now();
+    expect(cli('del', '-n', String(dev.id)).status).toBe(0);
+    expect(Date.now() - d0).toBeLessThan(15_000);
+    await nothingLeft();
+  });
+
+  it('--reconnect: a server restarted under fio lets IO resume, and verify finds zero errors', async () => {
+    const dir = scratch('nbd-reconnect');
+    const sock = path.join(dir, 'nbd.sock');
+    // A file, not memory: the data must outlive the server.
+    sh(`truncate -s 128M ${dir}/disk.img`);
+    const args = ['file', `${dir}/disk.img`];
+    let srv = await nbdkit(sock, ...args);
+    const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--queues', '1', '--reconnect', '20', '--timeout', '30');
+    const fio = fioInBackground(['--name=r', `--filename=${dev.blockDevice}`, ...VERIFY.split(' '), '--iodepth=32', '--size=128M',
+      '--output-format=json']);
+    let done = false;
+    void fio.exit.then(() => (done = true));
+    await sleep(2000);
+    expect(done).toBe(false); // the restart must fall in the middle of the run
+    srv.kill('SIGKILL');
+    await sleep(1000);
+    srv = await nbdkit(sock, ...args);
+    const code = await Promise.race([fio.exit, sleep(240_000).then(() => 'hung' as const)]);
+    expect(code).toBe(0);
+    const job = fioJob(fio.output());
+    expect(job.error).toBe(0);
+    expect(job.read.io_bytes).toBe(128 << 20);
+    // The record follows the server's status once a second.
+    await waitFor('state connected', () => listed(dev.id).info.state === 'connected', 10_000);
+    const info = listed(dev.id).info;
+    expect(info.reconnects).toBeGreaterThanOrEqual(1);
+  });
+});
