@@ -387,10 +387,15 @@ class Device : public Napi::ObjectWrap<Device> {
 		{
 			owner_->busy_--;
 			owner_->Unref();
-			if (err_.empty())
+			if (err_.empty()) {
 				deferred_.Resolve(Env().Undefined());
-			else
-				deferred_.Reject(Napi::Error::New(Env(), err_).Value());
+				return;
+			}
+			Napi::Error e = Napi::Error::New(Env(), err_);
+			/* The CLI's exit status tells a backend that failed (no NBD server there) from a kernel refusal. */
+			if (job_ == JOB_START && owner_->dev_.target_failed)
+				e.Set("kind", Napi::String::New(Env(), "backend"));
+			deferred_.Reject(e.Value());
 		}
 		Napi::Value Run()
 		{

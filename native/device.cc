@@ -25,6 +25,7 @@ std::string device_start(struct device *d)
 
 	int ret = ctx->tgt.ops->init(&ctx->tgt);
 	if (ret < 0) {
+		d->target_failed = true;
 		auto why = ctx->tgt.cfg.strs.find("error");
 		return why != ctx->tgt.cfg.strs.end() ? why->second : std::string("target ") + ctx->tgt.ops->name + ": " + strerror(-ret);
 	}

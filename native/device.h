@@ -17,6 +17,7 @@ struct device {
 	std::vector<void *> maps;
 	size_t map_len;
 	bool target_ready;
+	bool target_failed; /* start failed in the target's init: the backend, not the kernel */
 	std::mutex lock;
 	std::condition_variable cond;
 	unsigned nr_ready;

@@ -32,3 +32,9 @@ static inline void ublk_prep_cmd(struct io_uring_sqe *sqe, int fd, uint32_t cmd_
 	sqe->off = cmd_op;
 	memcpy(raw + 48, cmd, cmd_len);
 }
+
+/* Block device commands of IORING_OP_URING_CMD (<linux/blkdev.h>, 6.12): sqe->addr is the start and
+ * sqe->addr3 the length, in bytes. A number space of their own, not ioctls: _IO(0x12, 0). */
+#ifndef BLOCK_URING_CMD_DISCARD
+#define BLOCK_URING_CMD_DISCARD 0x1200U
+#endif

@@ -4,7 +4,7 @@
 import path from 'node:path';
 import yargs, { type Argv, type Options } from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { allowedModes, chooseMode, flagNames, getFeatures, requireDriver } from './features.js';
+import { allowedModes, chooseMode, flagNames, getFeatures, requireAccess, requireDriver } from './features.js';
 import { DEFAULT_DEPTH, engineOptions, LIMITS } from './device-options.js';
 import { deleteDevice, listDevices, kernelDeviceIds } from './lifecycle.js';
 import { isTargetPath, loadAllTargets, loadTarget } from './targets.js';
@@ -13,13 +13,13 @@ import { errorKind, EXIT_STATUS, oneLine, UserError } from './errors.js';
 import { checkTarget, missingCommand, noRepeats, rawValue, usageMessage, valueRequired, verbOf, wantsJson, wholeNumber, type UsageContext } from './usage.js';
 import type { DataMode } from './native.js';
 import { checkName, configPath, DEFAULT_CONFIG } from './config.js';
-import { processAlive, recordByName } from './state.js';
+import { recordByName, servesDevice } from './state.js';
 import type { Outcome } from './updown.js';
 import type { TargetSpec } from './target.js';
 
 const argv = hideBin(process.argv);
 const json = wantsJson(argv);
-const COMMANDS = ['features', 'list', 'add', 'del', 'up', 'down', 'stats'] as const;
+const COMMANDS = ['features', 'list', 'add', 'del', 'recover', 'up', 'down', 'stats'] as const;
 const NO_COMMAND = 'no command';
 const WATCH_RANGE = [0.1, 3600] as const;
 
@@ -112,6 +112,9 @@ async function main(): Promise<void> {
     number: { alias: 'n', type: 'number', describe: 'device id' },
     all: { alias: 'a', type: 'boolean', default: false, describe: 'every ublk device' },
   });
+  const RECOVER: Record<string, Options> = valueRequired({
+    number: { alias: 'n', type: 'number', demandOption: true, describe: 'device id' },
+  });
   const UPDOWN: Record<string, Options> = valueRequired({
     all: { alias: 'a', type: 'boolean', default: false, describe: 'up: every device in the file (but those with "auto": false); down: every device up brought up' },
     config: { type: 'string', describe: `the config file (default: $UBLK_TS_CONFIG or ${DEFAULT_CONFIG}; see ublk-ts.conf(5))` },
@@ -126,6 +129,7 @@ async function main(): Promise<void> {
     list: {},
     add: ADD,
     del: DEL,
+    recover: RECOVER,
     up: UPDOWN,
     down: UPDOWN,
     stats: STATS,
@@ -155,6 +159,7 @@ async function main(): Promise<void> {
       "print the kernel's ublk feature flags and the data modes it allows",
       (y: Argv) => y,
       async () => {
+        requireDriver('features');
         const f = await getFeatures();
         const modes = allowedModes(f);
         print({ features: f, flags: flagNames(f), dataModes: modes, defaultMode: chooseMode('auto', f) }, () =>
@@ -171,7 +176,8 @@ async function main(): Promise<void> {
       'list ublk devices: id, state, target, data mode, queues, depth, size, server pid',
       (y: Argv) => y,
       async () => {
-        await getFeatures(); // says clearly when there is no driver
+        requireDriver('list');
+        await getFeatures(); // says clearly when the driver does not answer
         const devs = await listDevices();
         print(devs, () =>
           devs.length === 0
@@ -215,23 +221,31 @@ async function main(): Promise<void> {
           queues: wholeNumber(ctx, 'queues', a.queues, ...LIMITS.queues),
           depth: wholeNumber(ctx, 'depth', a.depth, ...LIMITS.depth) ?? DEFAULT_DEPTH,
           mode: a['data-mode'] as DataMode | 'auto',
+          recovery: a.recovery !== false,
+          restart: wholeNumber(ctx, 'restart', a.restart, ...LIMITS.restart),
         };
-        const undo = await checkTarget(spec, targetOptions);
-        try {
-          requireDriver();
-        } catch (e) {
-          undo(); // a refused add leaves no file behind
-          throw e;
-        }
+        if (o.restart && !o.recovery) throw new UserError('--restart needs recovery: drop --no-recovery');
+        if (o.restart && a.foreground) throw new UserError('--restart runs a supervisor in the background: drop --foreground');
+        const undo = await checkTarget(spec, targetOptions, o.mode);
+        // A refused add leaves no file behind: not when the driver is missing, nor when the server failed.
+        const orUndo = async <T>(step: () => T | Promise<T>): Promise<T> => {
+          try {
+            return await step();
+          } catch (e) {
+            undo();
+            throw e;
+          }
+        };
+        await orUndo(() => requireDriver('add'));
         const { addDevice, startForeground } = await import('./lifecycle.js');
         if (a.foreground) {
           const { serveUntilStopped } = await import('./server.js');
-          const server = await startForeground({ ...o, log: '-' });
+          const server = await orUndo(() => startForeground({ ...o, log: '-' }));
           print(server.record, () => server.record.blockDevice);
           await serveUntilStopped(server, (l) => console.error(l));
           return;
         }
-        const rec = await addDevice(o);
+        const rec = await orUndo(() => addDevice(o));
         print(rec, () => rec.blockDevice);
       },
     )
@@ -247,10 +261,23 @@ async function main(): Promise<void> {
       async (a) => {
         noRepeats(ctx, a);
         const id = wholeNumber(ctx, 'number', a.number, ...LIMITS.number);
-        requireDriver();
+        requireDriver('del');
         const ids = a.all || id === undefined ? kernelDeviceIds() : [id];
         for (const i of ids) await deleteDevice(i);
         print({ deleted: ids }, () => (ids.length ? ids.map((i) => `deleted /dev/ublkb${i}`).join('\n') : 'no devices'));
+      },
+    )
+    .command(
+      'recover',
+      "start a new server for a device whose server died (added with recovery): it re-attaches with the device's saved options",
+      (y: Argv) => y.options(RECOVER),
+      async (a) => {
+        noRepeats(ctx, a);
+        const id = wholeNumber(ctx, 'number', a.number, ...LIMITS.number)!;
+        requireDriver('recover');
+        const { recoverDevice } = await import('./lifecycle.js');
+        const rec = await recoverDevice(id);
+        print(rec, () => `recovered ${rec.blockDevice} (server pid ${rec.pid})`);
       },
     )
     .command(
@@ -263,6 +290,7 @@ async function main(): Promise<void> {
           .check((a) => namesOrAll('up', a)),
       async (a) => {
         noRepeats(ctx, a);
+        requireAccess('up'); // a device that fails alone would say it once per device, less clearly
         await upOrDown('up', a);
       },
     )
@@ -297,13 +325,13 @@ async function main(): Promise<void> {
         const count = wholeNumber(ctx, 'count', a.count, 1, Number.MAX_SAFE_INTEGER);
         const watch = seconds(a.watch);
         const name = a.name === undefined ? undefined : checkName(String(a.name));
-        requireDriver();
+        requireDriver('stats');
         const { blockDeviceIds } = await import('./stats.js');
         const { runStats } = await import('./stats-report.js');
         let ids = blockDeviceIds;
         if (name !== undefined) {
           const rec = recordByName(name);
-          if (!rec || !processAlive(rec.pid)) throw new UserError(`no device named "${name}" is up (\`ublk-ts list\` shows the names)`, 'not-found');
+          if (!rec || !servesDevice(rec.pid, rec.id)) throw new UserError(`no device named "${name}" is up (\`ublk-ts list\` shows the names)`, 'not-found');
           ids = () => [rec.id];
         } else if (id !== undefined) {
           if (!blockDeviceIds().includes(id)) throw new UserError(`-n ${id}: no such ublk device (\`ublk-ts list\` shows them)`, 'not-found');

@@ -41,7 +41,8 @@ export function readConfig(file: string): ConfigEntry[] {
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT')
       throw new UserError(`no config file ${file} (it names the devices of up and down: see ublk-ts.conf(5); --config or UBLK_TS_CONFIG names another)`, 'not-found');
-    throw new UserError(`cannot read ${file}: ${oneLine(e)}`, 'other');
+    // A directory, or a file this user may not read: a mistake in --config, not a bug.
+    throw new UserError(`cannot read ${file}: ${oneLine(e)}`);
   }
   let doc: unknown;
   try {
@@ -111,6 +112,8 @@ export async function configuredDevice(file: string, entry: ConfigEntry): Promis
       queues: limited('queues'),
       depth: limited('depth') ?? DEFAULT_DEPTH,
       mode: values['data-mode'] as DataMode | 'auto',
+      recovery: values.recovery !== false,
+      restart: limited('restart'),
     },
   };
 }

@@ -9,16 +9,19 @@ export const DEFAULT_DEPTH = 128;
 /** Whole-number options and their ranges. ADD_DEV refuses ids from UBLK_MAX_UBLKS (1 << MINORBITS) up. */
 export const LIMITS = {
   number: [0, (1 << 20) - 1],
-  queues: [1, 64],
+  queues: [1, 4096], // the kernel's UBLK_MAX_NR_QUEUES; it gives no more than one per CPU
   depth: [1, 4096],
+  restart: [0, 1000],
 } as const satisfies Record<string, readonly [number, number]>;
 
 export function engineOptions(targetNames: readonly string[]): Record<string, Options> {
   return {
     target: { type: 'string', choices: [...targetNames], demandOption: true, describe: 'backend' },
     number: { alias: 'n', type: 'number', describe: 'device id (default: first free)' },
-    queues: { alias: 'q', type: 'number', describe: `hardware queues, ${LIMITS.queues.join('..')} (default: CPUs)` },
+    queues: { alias: 'q', type: 'number', describe: `hardware queues, ${LIMITS.queues.join('..')} (default: one per CPU, at most 4)` },
     depth: { alias: 'd', type: 'number', default: DEFAULT_DEPTH, describe: `queue depth, ${LIMITS.depth.join('..')}` },
     'data-mode': { type: 'string', choices: ['auto', ...DATA_MODES], default: 'auto', describe: 'how request data moves' },
+    recovery: { type: 'boolean', default: true, describe: 'the device outlives a crashed server and queues IO until `ublk-ts recover` (--no-recovery: it goes away)' },
+    restart: { type: 'number', default: 0, describe: `a supervisor re-attaches a new server when the server dies, up to N times (${LIMITS.restart.join('..')})` },
   };
 }

@@ -35,12 +35,12 @@ export function isKernelError(e: unknown): e is KernelError {
   return e instanceof Error && typeof (e as Partial<KernelError>).command === 'string';
 }
 
-/** The kind of any thrown value: a UserError says it; the kernel's refusals and failed system calls are known. */
+/** The kind of any thrown value: the kernel's refusals and failed system calls are known. */
 export function errorKind(e: unknown): ErrorKind {
-  if (e instanceof Error && e.name === 'UserError') {
-    const k = (e as { kind?: unknown }).kind;
-    return isErrorKind(k) ? k : 'usage';
-  }
+  // A UserError says it; so does the addon's error for a target that failed to start (its backend).
+  const k = e instanceof Error ? (e as { kind?: unknown }).kind : undefined;
+  if (isErrorKind(k)) return k;
+  if (e instanceof Error && e.name === 'UserError') return 'usage';
   if (isKernelError(e)) return 'kernel';
   // A system call on the backing store (open, stat, read) that nobody turned into a sentence.
   if (e instanceof Error && typeof (e as NodeJS.ErrnoException).syscall === 'string') return 'backend';

@@ -46,9 +46,25 @@ export function chooseMode(requested: DataMode | 'auto', features: bigint, moves
   return allowed[0] ?? 'copy';
 }
 
-/** Fails in one line when the kernel has no ublk driver, without loading the addon. */
-export function requireDriver(): void {
-  if (!fs.existsSync('/dev/ublk-control')) throw new UserError(NO_DRIVER, 'kernel');
+const CONTROL = '/dev/ublk-control';
+
+/**
+ * Fails in one line when the kernel has no ublk driver, or when this user may not use it (said first, not
+ * after tripping over the state directory or a record it may not read), without loading the addon.
+ */
+export function requireDriver(verb = 'ublk-ts'): void {
+  if (!fs.existsSync(CONTROL)) throw new UserError(NO_DRIVER, 'kernel');
+  requireAccess(verb);
+}
+
+/** Where the driver is there: whether this user may use it. */
+export function requireAccess(verb: string): void {
+  if (!fs.existsSync(CONTROL)) return;
+  try {
+    fs.accessSync(CONTROL, fs.constants.R_OK | fs.constants.W_OK);
+  } catch (e) {
+    throw new UserError(`${verb} needs root: permission denied on ${CONTROL} (${(e as NodeJS.ErrnoException).code ?? 'EACCES'})`, 'kernel');
+  }
 }
 
 export async function getFeatures(): Promise<bigint> {

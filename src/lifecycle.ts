@@ -7,17 +7,27 @@ import { explain, isErrorKind, isKernelError, UserError } from './errors.js';
 import type { Server, ServeOptions } from './server.js';
 import type { DaemonOptions } from './daemon.js';
 import { removeLink } from './dev-links.js';
-import { processAlive, readRecord, readRecords, removeRecord, stateDir, type DeviceRecord } from './state.js';
+import { ensureStateDir, openLog, processAlive, reattachOptions, readRecord, readRecords, removeRecord, servesDevice, supervises, type DeviceRecord } from './state.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Starts a background server for the device; resolves with its record once /dev/ublkbN serves IO. */
-export async function addDevice(o: Omit<DaemonOptions, 'log'>, timeoutMs = 120_000): Promise<DeviceRecord> {
-  fs.mkdirSync(stateDir(), { recursive: true });
-  const log = path.join(stateDir(), `server-${Date.now()}-${process.pid}.log`);
-  const out = fs.openSync(log, 'a');
-  const child = spawn(process.execPath, [path.join(projectRoot, 'dist', 'ublk-ts-daemon.mjs'), JSON.stringify({ ...o, log })], {
+/** A new log file for a background server. */
+export function newLogPath(): string {
+  return path.join(ensureStateDir(), `server-${Date.now()}-${process.pid}.log`);
+}
+
+/**
+ * Starts a background server (daemon.ts) and waits for its one-line report. If it gives up, the server
+ * is killed, and a device it had just added (never one it was re-attaching) is deleted.
+ */
+export async function spawnServer(o: DaemonOptions, timeoutMs = 120_000): Promise<DeviceRecord> {
+  const log = o.log;
+  const out = openLog(log);
+  const child = spawn(process.execPath, [path.join(projectRoot, 'dist', 'ublk-ts-daemon.mjs'), JSON.stringify(o)], {
     detached: true,
+    // glibc mmaps every block of 64 KiB and up, so freeing one gives it back to the OS (a memory target's
+    // chunk after a discard), where its heap would keep it; a fixed threshold also stops glibc raising it.
+    env: { MALLOC_MMAP_THRESHOLD_: '65536', ...process.env },
     stdio: ['ignore', out, out, 'pipe'],
   });
   fs.closeSync(out);
@@ -57,11 +67,32 @@ export async function addDevice(o: Omit<DaemonOptions, 'log'>, timeoutMs = 120_0
   child.unref();
   (pipe as unknown as { destroy(): void }).destroy();
   if (!msg.ok || !msg.record) {
-    fs.rmSync(log, { force: true });
+    if (o.recover === undefined) fs.rmSync(log, { force: true });
     // The server says what kind of failure it was, so the exit status is the same as with --foreground.
     throw new UserError(msg.error ?? 'server failed', isErrorKind(msg.kind) ? msg.kind : 'other');
   }
   return msg.record;
+}
+
+/** Starts a background server for a new device; resolves with its record once /dev/ublkbN serves IO. */
+export function addDevice(o: Omit<DaemonOptions, 'log'>, timeoutMs?: number): Promise<DeviceRecord> {
+  return spawnServer({ recovery: true, ...o, log: newLogPath() }, timeoutMs);
+}
+
+/**
+ * `recover -n N`: a new background server re-attaches to device N, whose server died, with the options
+ * `add` saved in its record (checked against what the kernel kept).
+ */
+export async function recoverDevice(id: number): Promise<DeviceRecord> {
+  const rec = readRecord(id);
+  if (!rec?.serve) throw new UserError(`device ${id} has no saved options (it was not added by ublk-ts add, or its record is gone)`, 'not-found');
+  if (serverOf(rec) !== undefined) throw new UserError(`device ${id} is served by pid ${rec.pid}: nothing to recover`);
+  return spawnServer({ ...reattachOptions(rec), log: newLogPath() });
+}
+
+/** The record's server pid if that process really serves the device (holds /dev/ublkcN open). */
+function serverOf(rec: DeviceRecord): number | undefined {
+  return servesDevice(rec.pid, rec.id) ? rec.pid : undefined;
 }
 
 /** Runs the server in this process (add --foreground). */
@@ -90,12 +121,17 @@ export function kernelDeviceIds(): number[] {
  */
 export async function deleteDevice(id: number, timeoutMs = 10_000): Promise<void> {
   const rec = readRecord(id);
-  if (rec && processAlive(rec.pid)) {
-    process.kill(rec.pid, 'SIGTERM');
-    const end = Date.now() + timeoutMs;
-    while (processAlive(rec.pid) && Date.now() < end) await sleep(50);
-    if (processAlive(rec.pid)) process.kill(rec.pid, 'SIGKILL');
-  }
+  // Only processes proven ours are signalled: a pid in a record may since belong to someone else.
+  const supervisor = rec?.supervisor !== undefined && supervises(rec.supervisor, rec) ? rec.supervisor : undefined;
+  const server = rec && serverOf(rec);
+  // The supervisor first, so that it does not restart the server it sees end. Once proven ours, a pid is
+  // waited for until it is gone (the server closes /dev/ublkcN before it deletes the device).
+  const ours = [supervisor, server].filter((p): p is number => p !== undefined);
+  const signal = (sig: NodeJS.Signals) => ours.filter(processAlive).forEach((p) => process.kill(p, sig));
+  signal('SIGTERM');
+  const end = Date.now() + timeoutMs;
+  while (ours.some(processAlive) && Date.now() < end) await sleep(50);
+  signal('SIGKILL');
   removeRecord(id);
   // Its server removes the link as it ends; not one that was killed.
   if (rec?.name !== undefined) removeLink(rec.name, id);

@@ -2,7 +2,8 @@
 // Every failure after ADD_DEV rolls the device back, so bad input never leaves a half-made device.
 import fs from 'node:fs';
 import os from 'node:os';
-import { addon, type DataMode, type NativeDevice, type Params } from './native.js';
+import { addon, type DataMode, type DevInfo, type NativeDevice, type Params } from './native.js';
+import { LIMITS } from './device-options.js';
 import { chooseMode, getFeatures, modeFlags } from './features.js';
 import { explain, isKernelError, UserError } from './errors.js';
 import { loadTarget } from './targets.js';
@@ -25,6 +26,12 @@ export interface ServeOptions {
   onAdded?: (id: number) => void;
   /** Where changes of the target's live state are logged. */
   statusLog?: (line: string) => void;
+  /** Create the device with USER_RECOVERY (it outlives this server; `recover` re-attaches another). */
+  recovery?: boolean;
+  /** Re-attach to this device, whose server is gone, instead of creating one. */
+  recover?: number;
+  /** The pid of the --restart supervisor, for the record. */
+  supervisor?: number;
 }
 
 const STATUS_INTERVAL_MS = 1000;
@@ -75,31 +82,19 @@ export class Server {
     writeRecord(this.record);
   }
 
-  /** Brings the device up; resolves once /dev/ublkbN exists and serves IO. */
+  /**
+   * Brings the device up; resolves once /dev/ublkbN exists and serves IO. With `recover`, re-attaches to
+   * a device whose server is gone instead: START_USER_RECOVERY, FETCH every tag, END_USER_RECOVERY.
+   */
   static async start(o: ServeOptions): Promise<Server> {
     const spec = o.spec ?? (await loadTarget(o.target));
-    const queues = o.queues ?? os.availableParallelism();
-    const depth = o.depth ?? 128;
-    if (!Number.isInteger(queues) || queues < 1 || queues > 64) throw new UserError(`--queues must be 1..64, not ${queues}`);
-    if (!Number.isInteger(depth) || depth < 1 || depth > 4096) throw new UserError(`--depth must be 1..4096, not ${depth}`);
     const features = await getFeatures();
-    const mode = chooseMode(o.mode ?? 'auto', features, spec.movesData);
-    const opened = await spec.open(o.targetOptions);
-    let devId: number | undefined;
+    const attach = o.recover === undefined ? await create(o, spec, features) : await reattach(o.recover, o, spec);
+    const { info, mode, opened } = attach;
+    const devId = info.devId;
     let dev: NativeDevice | undefined;
     let bridge: Bridge | undefined;
     try {
-      const flags = modeFlags(mode) | copyFlags(opened, mode, features);
-      const info = await addon.addDev({
-        devId: o.id ?? -1 >>> 0,
-        queues,
-        depth,
-        maxIoBufBytes: o.maxIoBytes ?? MAX_IO_BYTES,
-        flags,
-      });
-      devId = info.devId;
-      o.onAdded?.(devId);
-      if ((info.flags & flags) !== flags) throw new UserError(`the kernel refused the flags of data mode ${mode}`);
       // A target written in TypeScript is served by the native bridge, which hands its requests over.
       bridge = opened.typescript && new Bridge(opened.typescript, info.maxIoBufBytes, o.statusLog ?? (() => undefined));
       dev = new addon.Device({
@@ -111,7 +106,7 @@ export class Server {
         target: bridge ? 'bridge' : spec.name,
         fds: opened.fds,
         options: opened.options,
-        userCopy: (flags & addon.abi.flags.USER_COPY) !== 0n,
+        userCopy: (info.flags & addon.abi.flags.USER_COPY) !== 0n,
         handler: bridge?.onBatch,
       });
       bridge?.attach(dev);
@@ -119,14 +114,18 @@ export class Server {
       await dev.start();
       // A target whose native side learns the geometry (a network export's size) settles it now.
       const shape = opened.afterStart ? opened.afterStart(parseStatus(dev.status())) : opened;
-      const params: Params = {
-        ...shape.params,
-        devSectors: Math.floor(shape.size / 512),
-        maxSectors: info.maxIoBufBytes / 512,
-      };
-      await addon.setParams(devId, params);
-      await addon.startDev(devId, process.pid);
-      await waitForDisk(devId, params.devSectors);
+      const sectors = Math.floor(shape.size / 512);
+      if (o.recover === undefined) {
+        const params: Params = { ...shape.params, devSectors: sectors, maxSectors: info.maxIoBufBytes / 512 };
+        await addon.setParams(devId, params);
+        await addon.startDev(devId, process.pid);
+        await waitForDisk(devId, sectors);
+      } else {
+        // The kernel kept the geometry; a backing that changed size since would misplace data.
+        const kept = (await addon.getParams(devId)).devSectors;
+        if (kept !== sectors) throw new UserError(`device ${devId} has ${kept} sectors but its target now has ${sectors}: not re-attaching`);
+        await addon.endUserRecovery(devId, process.pid);
+      }
       const record: DeviceRecord = {
         id: devId,
         pid: process.pid,
@@ -139,13 +138,17 @@ export class Server {
         charDevice: `/dev/ublkc${devId}`,
         log: o.log,
         info: opened.info,
+        recovery: (info.flags & addon.abi.flags.USER_RECOVERY) !== 0n,
+        serve: { target: o.target, targetOptions: o.targetOptions, mode, maxIoBytes: o.maxIoBytes },
+        supervisor: o.supervisor,
       };
       writeRecord(record);
       const started = dev;
       return new Server(record, started, opened, started.wait(), o.statusLog ?? (() => undefined), bridge);
     } catch (e) {
       await bridge?.close();
-      await rollback(devId, dev);
+      // A failed re-attach leaves the device as it found it, waiting for the next try.
+      await rollback(o.recover === undefined ? devId : undefined, dev);
       opened.close();
       throw explain(e);
     }
@@ -174,6 +177,88 @@ export class Server {
 }
 
 const STOP_TIMEOUT_MS = 10_000;
+
+/** The default queue count: one per CPU, but not past what pays off (each is a thread, a ring and buffers). */
+export const DEFAULT_QUEUES_CAP = 4;
+
+/** Where start() serves: a new device, or one re-attached. The target is open; closing it is start()'s. */
+interface Attach {
+  info: DevInfo;
+  mode: DataMode;
+  opened: OpenedTarget;
+}
+
+async function create(o: ServeOptions, spec: TargetSpec, features: bigint): Promise<Attach> {
+  const queues = o.queues ?? Math.min(os.availableParallelism(), DEFAULT_QUEUES_CAP);
+  const depth = o.depth ?? 128;
+  const [qmin, qmax] = LIMITS.queues;
+  const [dmin, dmax] = LIMITS.depth;
+  if (!Number.isInteger(queues) || queues < qmin || queues > qmax) throw new UserError(`--queues must be ${qmin}..${qmax}, not ${queues}`);
+  if (!Number.isInteger(depth) || depth < dmin || depth > dmax) throw new UserError(`--depth must be ${dmin}..${dmax}, not ${depth}`);
+  const mode = chooseMode(o.mode ?? 'auto', features, spec.movesData);
+  const opened = await spec.open(o.targetOptions);
+  let devId: number | undefined;
+  try {
+    const flags = modeFlags(mode) | copyFlags(opened, mode, features) | recoveryFlags(o.recovery === true, features);
+    const info = await addon.addDev({ devId: o.id ?? -1 >>> 0, queues, depth, maxIoBufBytes: o.maxIoBytes ?? MAX_IO_BYTES, flags });
+    devId = info.devId;
+    o.onAdded?.(devId);
+    if ((info.flags & flags) !== flags) throw new UserError(`the kernel refused the flags of data mode ${mode}`);
+    return { info, mode, opened };
+  } catch (e) {
+    await rollback(devId, undefined);
+    opened.close();
+    throw explain(e);
+  }
+}
+
+/** Recovery with reissue where the kernel has it: what the dead server held is served again by the next. */
+function recoveryFlags(on: boolean, features: bigint): bigint {
+  const F = addon.abi.flags;
+  if (!on) return 0n;
+  if ((features & F.USER_RECOVERY) === 0n) throw new UserError('this kernel has no USER_RECOVERY: use --no-recovery', 'kernel');
+  return F.USER_RECOVERY | (features & F.USER_RECOVERY_REISSUE);
+}
+
+const QUIESCED = 2;
+const FAIL_IO = 3;
+const RECOVERY_WAIT_MS = 10_000;
+
+/**
+ * The device must be one whose server is gone (QUIESCED: the kernel's release work has run), with the
+ * queues, depth and data mode it was added with; then START_USER_RECOVERY, retried while the old server's
+ * files are still being released (EBUSY).
+ */
+async function reattach(id: number, o: ServeOptions, spec: TargetSpec): Promise<Attach> {
+  const end = Date.now() + RECOVERY_WAIT_MS;
+  let info = await addon.getDevInfo(id);
+  if ((info.flags & addon.abi.flags.USER_RECOVERY) === 0n) throw new UserError(`device ${id} was added without recovery: it cannot be re-attached`);
+  while (info.state !== QUIESCED && info.state !== FAIL_IO && Date.now() < end) {
+    await new Promise((r) => setTimeout(r, 100));
+    info = await addon.getDevInfo(id);
+  }
+  if (info.state !== QUIESCED && info.state !== FAIL_IO) {
+    const state = ['dead', 'live', 'quiesced', 'fail-io'][info.state] ?? String(info.state);
+    throw new UserError(`device ${id} is ${state}${info.state === 1 ? ` (served by pid ${info.ublksrvPid})` : ''}: nothing to recover`);
+  }
+  const mode = o.mode === undefined || o.mode === 'auto' ? undefined : o.mode;
+  if (!mode || (info.flags & modeFlags(mode)) !== modeFlags(mode)) throw new UserError(`device ${id} was not added in data mode ${String(o.mode)}: not re-attaching`);
+  if (o.queues !== undefined && o.queues !== info.nrHwQueues) throw new UserError(`device ${id} has ${info.nrHwQueues} queues, not ${o.queues}: not re-attaching`);
+  if (o.depth !== undefined && o.depth !== info.queueDepth) throw new UserError(`device ${id} has depth ${info.queueDepth}, not ${o.depth}: not re-attaching`);
+  const opened = await spec.open(o.targetOptions);
+  for (;;) {
+    try {
+      await addon.startUserRecovery(id);
+      return { info, mode, opened };
+    } catch (e) {
+      if (!(isKernelError(e) && e.code === 'EBUSY') || Date.now() >= end) {
+        opened.close();
+        throw explain(e);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
 
 /** Joins the queue threads; if the kernel never aborts their tags, ends them by force. */
 async function joinWithin(dev: NativeDevice, ms: number): Promise<void> {

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { projectRoot } from './native.js';
 import type { TargetSpec } from './target.js';
-import { UserError } from './errors.js';
+import { oneLine, UserError } from './errors.js';
 import { defineTarget, type TypeScriptTarget } from './api.js';
 
 const dir = path.join(projectRoot, 'dist', 'targets');
@@ -36,7 +36,14 @@ export async function loadTarget(name: string): Promise<TargetSpec> {
     if (!targetNames().includes(name)) throw new UserError(`unknown target "${name}" (have: ${targetNames().join(', ')})`);
     file = path.join(dir, name, 'index.js');
   }
-  const mod = (await import(pathToFileURL(file).href)) as { default?: TargetSpec | TypeScriptTarget };
+  let mod: { default?: TargetSpec | TypeScriptTarget };
+  try {
+    mod = (await import(pathToFileURL(file).href)) as typeof mod;
+  } catch (e) {
+    // A user's file that is not a module (a disk image, a directory, a syntax error) is a mistake in --target.
+    if (!isTargetPath(name)) throw e;
+    throw new UserError(`--target ${name}: cannot load it as a JavaScript module (${oneLine(e)})`);
+  }
   if (!mod.default || typeof mod.default.open !== 'function')
     throw new UserError(`--target ${name}: its default export is not a target (an object with name and open())`);
   return asSpec(mod.default);

@@ -8,7 +8,7 @@ import { linkPath, makeLink } from './dev-links.js';
 import { requireDriver } from './features.js';
 import { addDevice, deleteDevice } from './lifecycle.js';
 import { checkTarget } from './usage.js';
-import { processAlive, readRecords, recordByName, type DeviceRecord } from './state.js';
+import { readRecords, recordByName, servesDevice, type DeviceRecord } from './state.js';
 import type { ConfiguredDevice } from './config.js';
 
 export interface Outcome {
@@ -67,7 +67,7 @@ export async function up(file: string, names: readonly string[] | 'all', on: OnO
   for (const entry of chosen) {
     try {
       const rec = recordByName(checkName(entry.name));
-      if (rec && processAlive(rec.pid)) {
+      if (rec && servesDevice(rec.pid, rec.id)) {
         makeLink(entry.name, rec.id); // a no-op unless someone removed it
         tell(reached(entry.name, 'already-up', rec));
         continue;

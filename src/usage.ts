@@ -170,18 +170,10 @@ function sizeOf(p: string): number | undefined {
  * before the kernel is asked anything. Returns how to undo what the open made, a file it created or grew
  * (found among the option values), for when `add` stops before a server takes over.
  */
-export async function checkTarget(spec: TargetSpec, opts: Record<string, unknown>): Promise<() => void> {
+export async function checkTarget(spec: TargetSpec, opts: Record<string, unknown>, mode?: string): Promise<() => void> {
   const paths = [...new Set(Object.values(opts).filter((v): v is string => typeof v === 'string' && v !== ''))];
   const before = new Map(paths.map((p) => [p, sizeOf(p)]));
-  let opened: Awaited<ReturnType<TargetSpec['open']>>;
-  try {
-    opened = await spec.open(opts);
-  } catch (e) {
-    // A target that threw something other than a sentence still failed on its backend, not on our side.
-    throw errorKind(e) === 'other' ? new UserError(`target ${spec.name}: ${oneLine(e)}`, 'backend') : e;
-  }
-  opened.close();
-  return () => {
+  const undo = () => {
     for (const [p, was] of before) {
       const now = sizeOf(p);
       if (now === undefined || now < 0) continue;
@@ -189,4 +181,20 @@ export async function checkTarget(spec: TargetSpec, opts: Record<string, unknown
       else if (was >= 0 && now > was) fs.truncateSync(p, was);
     }
   };
+  let opened: Awaited<ReturnType<TargetSpec['open']>>;
+  try {
+    opened = await spec.open(opts);
+  } catch (e) {
+    undo(); // what it made before it gave up
+    // A target that threw something other than a sentence still failed on its backend, not on our side.
+    throw errorKind(e) === 'other' ? new UserError(`target ${spec.name}: ${oneLine(e)}`, 'backend') : e;
+  }
+  opened.close();
+  // A TypeScript target's handlers get their bytes by user copy (pread/pwrite on /dev/ublkcN), which the
+  // driver refuses on a device made in copy mode: it would come up and fail every request.
+  if (opened.typescript && mode === 'copy') {
+    undo();
+    throw new UserError(`--data-mode copy cannot serve target ${spec.name}: a target written in TypeScript needs user copy (use auto, auto-lease, lease or user-copy)`);
+  }
+  return undo;
 }

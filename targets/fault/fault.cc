@@ -17,6 +17,9 @@ struct range {
 	int err;
 };
 
+/* The cookie of our delay timeouts; the wrapped target's own ring ops (file's discards) use others. */
+#define FAULT_DELAY 0xff
+
 struct fault {
 	struct target inner;
 	struct __kernel_timespec delay; /* read by the kernel when the timeout is submitted: lives here */
@@ -50,8 +53,8 @@ static int fault_init(struct target *t)
 {
 	auto over = t->cfg.strs.find("over");
 	const struct target_ops *inner = over == t->cfg.strs.end() ? nullptr : target_find(over->second);
-	/* Only targets that finish requests in queue_io and keep no per-queue state can be wrapped. */
-	if (!inner || inner->queue_init || inner->on_cqe || std::string(inner->name) == "fault")
+	/* Only targets that keep no per-queue state can be wrapped. */
+	if (!inner || inner->queue_init || std::string(inner->name) == "fault")
 		return -EINVAL;
 	auto *f = new fault();
 	f->inner.ops = inner;
@@ -125,22 +128,26 @@ static int fault_queue_io(struct tq *tq, struct request *req)
 		req->copy = true;
 	if (f->delayed) {
 		/* Each request waits on its own timeout: 64 delayed requests wait side by side. */
-		io_uring_prep_timeout(tq_sqe(tq, req, 0), &f->delay, 0, 0);
+		io_uring_prep_timeout(tq_sqe(tq, req, FAULT_DELAY), &f->delay, 0, 0);
 		return QUEUE_IO_PENDING;
 	}
 	return f->inner.ops->queue_io(inner_tq(tq), req);
 }
 
-static void fault_on_cqe(struct tq *tq, struct request *req, uint64_t, const struct io_uring_cqe *cqe)
+static void fault_on_cqe(struct tq *tq, struct request *req, uint64_t cookie, const struct io_uring_cqe *cqe)
 {
+	auto *f = static_cast<struct fault *>(tq->t->priv);
+	if (cookie != FAULT_DELAY) {
+		f->inner.ops->on_cqe(inner_tq(tq), req, cookie, cqe);
+		return;
+	}
 	if (cqe->res != -ETIME) {
 		request_complete(tq, req, -EIO); /* the timeout was cancelled or refused */
 		return;
 	}
-	/* The delay is over: now the wrapped target describes the request. */
-	auto *f = static_cast<struct fault *>(tq->t->priv);
-	f->inner.ops->queue_io(inner_tq(tq), req);
-	request_complete(tq, req, req->result);
+	/* The delay is over: now the wrapped target describes the request, or keeps it (a discard). */
+	if (f->inner.ops->queue_io(inner_tq(tq), req) == QUEUE_IO_DONE)
+		request_complete(tq, req, req->result);
 }
 
 static enum member_fold fault_on_member(struct tq *tq, struct request *req, unsigned idx, int res)

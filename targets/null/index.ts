@@ -1,20 +1,23 @@
-// null: a device of the given size whose reads return whatever is in the client's buffer and whose writes
-// vanish. It measures the engine alone.
+// null: a device of the given size whose reads return zeroes and whose writes vanish. It measures the
+// engine alone. Reads are filled from /dev/zero on the lease (null.cc), so it moves data after all: the
+// default data mode is the one that leases.
+import fs from 'node:fs';
 import type { TargetSpec } from '../../src/target.js';
 import { parseSize, sizeOption } from '../../src/size.js';
 import { UserError } from '../../src/errors.js';
 
 const spec: TargetSpec = {
   name: 'null',
-  describe: 'completes every request without moving data (for measuring the engine)',
-  movesData: false,
+  describe: 'reads return zeroes, writes vanish (for measuring the engine)',
+  movesData: true,
   options: {
     size: sizeOption,
   },
   async open(opts) {
     const size = parseSize(String(opts.size ?? '250G'));
     if (size <= 0 || size % 512 !== 0) throw new UserError(`--size must be a positive multiple of 512 bytes`);
-    return { size, fds: [], params: { logicalBsShift: 9, physicalBsShift: 12 }, info: {}, close() {} };
+    const zero = fs.openSync('/dev/zero', 'r');
+    return { size, fds: [zero], params: { logicalBsShift: 9, physicalBsShift: 12 }, info: {}, close: () => fs.closeSync(zero) };
   },
 };
 export default spec;

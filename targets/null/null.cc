@@ -1,5 +1,9 @@
-/* null: completes every request at once. It moves no data, so it takes no lease and copies nothing. */
+/* null: writes vanish and reads return zeroes. A read is filled from /dev/zero (file 1) by one member,
+ * which on the lease zeroes the request's own pages in the kernel and copies nothing; never served
+ * without filling, which would hand the reader whatever its pages held before. */
 #include "../../native/target.h"
+
+#define ZERO_FILE 1
 
 static int null_init(struct target *)
 {
@@ -8,8 +12,12 @@ static int null_init(struct target *)
 
 static int null_queue_io(struct tq *, struct request *req)
 {
-	bool data = req->op == UBLK_IO_OP_READ || req->op == UBLK_IO_OP_WRITE;
-	req->result = data ? (int32_t)req->len : 0;
+	if (req->op == UBLK_IO_OP_READ) {
+		struct member *m = add_member(req, MEMBER_READ, ZERO_FILE);
+		m->len = req->len;
+		return QUEUE_IO_DONE;
+	}
+	req->result = req->op == UBLK_IO_OP_WRITE ? (int32_t)req->len : 0;
 	return QUEUE_IO_DONE;
 }
 

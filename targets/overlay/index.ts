@@ -24,18 +24,33 @@ export default defineTarget({
   open(opts): BlockDevice {
     if (typeof opts.base !== 'string' || typeof opts.overlay !== 'string') throw new Error('needs --base IMG and --overlay FILE');
     const base = fs.openSync(opts.base, 'r');
-    const size = fs.fstatSync(base).size - (fs.fstatSync(base).size % 4096);
-    if (size === 0) throw new Error(`--base ${opts.base} is empty`);
+    const st = fs.fstatSync(base);
+    const size = st.size - (st.size % 4096);
+    // A directory or a device has no size here: say what it is rather than that it is empty.
+    const wrong = !st.isFile() ? 'is not a regular file' : size === 0 ? 'is empty' : undefined;
+    if (wrong) {
+      fs.closeSync(base);
+      throw new Error(`--base ${opts.base} ${wrong}`);
+    }
     const over = fs.openSync(opts.overlay, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
     if (fs.fstatSync(over).size < size) fs.ftruncateSync(over, size);
     const chunks = Math.ceil(size / CHUNK);
-    const mapFd = fs.openSync(`${opts.overlay}.map`, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    const mapPath = `${opts.overlay}.map`;
     const map = Buffer.alloc(chunks);
-    fs.readSync(mapFd, map, 0, chunks, 0);
+    // Made by the first copy-up, not here: an add that is refused after this open leaves no map behind.
+    let mapFd = -1;
+    try {
+      mapFd = fs.openSync(mapPath, fs.constants.O_RDWR);
+      fs.readSync(mapFd, map, 0, chunks, 0);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
     const written = (i: number) => map[i] === 1;
     /** The first write to a chunk runs alone: a second one waits for it, then finds the chunk written. */
     const busy = new Map<number, Promise<void>>();
     let copiedUp = 0;
+    /** Whether the device saw a request: the check `add` makes before its server starts sees none. */
+    let served = false;
 
     const span = (req: { offset: number; length: number }) => [Math.floor(req.offset / CHUNK), Math.floor((req.offset + req.length - 1) / CHUNK)];
     const all = (req: { offset: number; length: number }, want: boolean) => {
@@ -59,6 +74,7 @@ export default defineTarget({
         await pio(fs.write, over, buf, 0, len, start);
         await new Promise<void>((res, rej) => fs.fdatasync(over, (e) => (e ? rej(e) : res())));
         map[i] = 1;
+        if (mapFd < 0) mapFd = fs.openSync(mapPath, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
         await pio(fs.write, mapFd, map, i, 1, i);
         copiedUp++;
       })();
@@ -77,6 +93,7 @@ export default defineTarget({
       files: [base, over],
       info: { base: opts.base, overlay: opts.overlay },
       route(req): Route | undefined {
+        served = true;
         if (all(req, true)) return { file: 1, offset: req.offset };
         if (req.op === 'read' && all(req, false)) return { file: 0, offset: req.offset };
         return undefined;
@@ -98,11 +115,12 @@ export default defineTarget({
       },
       async flush() {
         await new Promise<void>((res, rej) => fs.fdatasync(over, (e) => (e ? rej(e) : res())));
-        await new Promise<void>((res, rej) => fs.fdatasync(mapFd, (e) => (e ? rej(e) : res())));
+        if (mapFd >= 0) await new Promise<void>((res, rej) => fs.fdatasync(mapFd, (e) => (e ? rej(e) : res())));
       },
       close() {
-        console.error(`overlay: ${copiedUp} chunks copied up from the base`);
-        for (const fd of [base, over, mapFd]) fs.closeSync(fd);
+        // Into the server's log; said by `add`'s own check it would be a second line under an error.
+        if (served) console.error(`overlay: ${copiedUp} chunks copied up from the base`);
+        for (const fd of [base, over, mapFd]) if (fd >= 0) fs.closeSync(fd);
       },
     };
   },

@@ -42,7 +42,7 @@ describe('stats', () => {
   });
 
   it('computes rates over the window, with the server counters and its name', () => {
-    writeRecord({ id: 7, pid: 1, target: 'null', mode: 'user-copy', queues: 1, depth: 1, size: 1, blockDevice: '/dev/ublkb7', charDevice: '/dev/ublkc7', log: '', info: {}, name: 'db' });
+    writeRecord({ id: 7, pid: 1, target: 'null', mode: 'user-copy', queues: 1, depth: 1, size: 1, blockDevice: '/dev/ublkb7', charDevice: '/dev/ublkc7', log: '', info: {}, name: 'db', recovery: false, serve: { target: 'null', targetOptions: {}, mode: 'user-copy' } });
     const a = sampleOf(STAT_A, 1000, { ...counters, requests: 100, time: 1_700_000_000_900, pid: 42 });
     const b = sampleOf(STAT_B, 3000, { ...counters, requests: 2600, leased: 2500, time: 1_700_000_002_900, pid: 42 });
     const s = deviceStats(a, b);

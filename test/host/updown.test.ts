@@ -92,18 +92,20 @@ describe('the config file', () => {
     expect((await configuredDevice(good, alpha)).serve).toEqual({
       name: 'alpha',
       target: 'file',
-      targetOptions: { file: img, size: undefined, 'read-only': false, 'logical-block-size': 512, buffered: false },
+      targetOptions: { file: img, size: undefined, 'read-only': false, 'logical-block-size': undefined, buffered: false },
       id: undefined,
       queues: 2,
       depth: 128,
       mode: 'copy',
+      recovery: true,
+      restart: 0,
     });
     // A size in bytes is a size, as the command line's string would be.
     expect((await configuredDevice(good, beta)).serve.targetOptions).toEqual({ size: String(1 << 30) });
   });
 
   it.each([
-    [{ target: 'file', file: img, queues: 65 }, /^queues must be a whole number from 1 to 64, not 65 \(/],
+    [{ target: 'file', file: img, queues: 5000 }, /^queues must be a whole number from 1 to 4096, not 5000 \(/],
     [{ target: 'file', file: img, depth: '8' }, /^depth must be a number, not "8"/],
     [{ target: 'file', file: img, 'read-only': 'yes' }, /^read-only must be true or false, not "yes"/],
     [{ target: 'file', file: img, 'data-mode': 'fast' }, /^data-mode must be one of: auto, auto-lease, lease, user-copy, copy, not "fast"/],

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { deleteDevice } from '../../src/lifecycle.js';
-import { cli, cliJson, delAll, fioInBackground, scratch, serverPids, sh, sleep, ublkDevices, type AddedDevice } from './helpers.js';
+import { cli, cliJson, DATA_MODES, delAll, fioInBackground, scratch, serverPids, sh, sleep, ublkDevices, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
 
@@ -20,6 +20,24 @@ describe('discard', () => {
     expect(allocatedBytes(img)).toBeLessThan(full / 8);
     // And the discarded range reads back as zeroes.
     expect(sh(`cmp -n ${32 << 20} ${dev.blockDevice} /dev/zero && echo same`)).toContain('same');
+  });
+});
+
+describe('null', () => {
+  // The reader's buffer is dirtied first (and a write puts the same bytes through the device): a read that
+  // is completed without being filled would show them.
+  const DIRTY_READ = `import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_DIRECT)
+buf = mmap.mmap(-1, 1 << 20)
+buf.write(b'\\xaa' * len(buf))
+os.pwritev(fd, [buf], 0)
+os.preadv(fd, [buf], 0)
+print(len(buf) - buf[:].count(0))`;
+  it.each(DATA_MODES)('reads return zeroes in %s mode', (mode) => {
+    const dev = cliJson<AddedDevice>('add', '--target', 'null', '--size', '64M', '--queues', '1', '--depth', '1', '--data-mode', mode);
+    expect(dev.mode).toBe(mode);
+    expect(sh(`python3 -c "${DIRTY_READ}" ${dev.blockDevice}`).trim()).toBe('0');
+    expect(sh(`cmp -n ${8 << 20} ${dev.blockDevice} /dev/zero && echo same`)).toContain('same');
   });
 });
 

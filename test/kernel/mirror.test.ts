@@ -1,16 +1,14 @@
 // The mirror target on the real driver: fio's verification over 2 and 3 legs that end byte-identical, a
 // leg that dies mid-run under a mounted filesystem (device-mapper switched to its error table) without the
 // writer noticing, a failed read served from another leg, and what survives of a mirror mounting alone.
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
-import { cli, cliJson, delAll, scratch, sh, type AddedDevice } from './helpers.js';
+import { cli, cliJson, delAll, fioInBackground, scratch, sh, sleep, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
 
 const MNT = '/tmp/ublk-mnt';
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface FioJob {
   error: number;
@@ -84,23 +82,15 @@ describe('mirror with a failing leg', () => {
     sh(`mkfs.ext4 -q -F ${dev.blockDevice} && mkdir -p ${MNT} && mount ${dev.blockDevice} ${MNT}`);
     sh(`for i in 1 2 3 4; do head -c 3M /dev/urandom > ${MNT}/before$i; done && sync`);
 
-    const fio = spawn('fio', ['--output-format=json', '--name=degraded', `--filename=${MNT}/fio.dat`, ...VERIFY.split(' '), '--size=48M'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    fio.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    fio.stderr.on('data', (d: Buffer) => (out += d.toString()));
-    const exit = new Promise<number | null>((r) => fio.on('exit', (code) => r(code)));
-    onTestFinished(() => {
-      fio.kill('SIGKILL');
-    });
+    const fio = fioInBackground(['--output-format=json', '--name=degraded', `--filename=${MNT}/fio.dat`, ...VERIFY.split(' '), '--size=48M']);
     // Mid-run: once fio has written 8 MiB through the device, the leg starts failing every request.
     const written = () => Number(fs.readFileSync(`/sys/block/${path.basename(dev.blockDevice)}/stat`, 'utf8').trim().split(/\s+/)[6]) * 512;
     const base = written();
     for (let i = 0; i < 600 && written() - base < 8 << 20; i++) await sleep(100);
-    expect(fio.exitCode).toBeNull();
+    expect(await Promise.race([fio.exit, sleep(0).then(() => 'running')])).toBe('running');
     sh(`printf '0 262144 error\\n' | dmsetup load --noudevsync ublk-ts-leg && dmsetup resume --noudevsync ublk-ts-leg`);
-    const code = await exit;
+    const code = await fio.exit;
+    const out = fio.output();
     expect(out).not.toMatch(/verify: bad/);
     expect(code).toBe(0);
     expect(fioJob(out).error).toBe(0);

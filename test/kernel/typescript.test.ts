@@ -1,6 +1,7 @@
 // Targets written in TypeScript, through the bridge, on the real driver: the memory target carries ext4
-// and fio verify; a user's own target file (the README's kind) routes most requests to a file on the lease,
-// answers the rest in JavaScript, and a handler that throws or never settles harms only its own requests.
+// and fio verify and gives discarded memory back to the OS; a user's own target file (the README's kind)
+// routes most requests to a file on the lease, answers the rest in JavaScript, and a handler that throws or
+// never settles harms only its own requests.
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -26,6 +27,22 @@ describe('memory (a TypeScript target)', () => {
     expect(sum(`${MNT}/d/b`)).toBe(sum('/tmp/ublk-ts-mem.bin'));
     sh(`umount ${MNT} && e2fsck -fn ${dev.blockDevice}`);
     fs.rmSync('/tmp/ublk-ts-mem.bin');
+  });
+
+  it('gives the memory of discarded blocks back to the OS', async () => {
+    const dev = cliJson<AddedDevice>('add', '--target', 'memory', '--size', '256M', '--queues', '2');
+    const rssKiB = () => Number(/^VmRSS:\s+(\d+) kB$/m.exec(fs.readFileSync(`/proc/${dev.pid}/status`, 'utf8'))?.[1]);
+    sh(`dd if=/dev/urandom of=${dev.blockDevice} bs=1M count=96 iflag=fullblock oflag=direct status=none`);
+    const full = rssKiB();
+    sh(`blkdiscard ${dev.blockDevice}`);
+    // The server collects a moment after the discards, and V8 frees the chunks behind the collection.
+    let now = full;
+    for (let i = 0; i < 100 && full - now < 64 << 10; i++) {
+      await sleep(100);
+      now = rssKiB();
+    }
+    expect(full - now, `VmRSS ${full} kB before blkdiscard, ${now} kB after`).toBeGreaterThanOrEqual(64 << 10);
+    expect(sh(`dd if=${dev.blockDevice} bs=1M count=96 iflag=direct status=none | cmp -n ${96 << 20} - /dev/zero && echo zeroes`).trim()).toBe('zeroes');
   });
 });
 
