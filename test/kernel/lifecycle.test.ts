@@ -23,6 +23,17 @@ describe('discard', () => {
   });
 });
 
+describe('queues', () => {
+  // The default is one per CPU, capped; a count past the CPUs is the kernel's to cut, not an error.
+  it('defaults to one per CPU (at most 4) and takes more than 64, getting what the kernel gives', () => {
+    const cpus = Number(sh('nproc').trim());
+    const dflt = cliJson<AddedDevice>('add', '--target', 'null', '--size', '64M');
+    expect(dflt.queues).toBe(Math.min(cpus, 4));
+    const many = cliJson<AddedDevice>('add', '--target', 'null', '--size', '64M', '--queues', '100');
+    expect(many.queues).toBe(Math.min(cpus, 100));
+  });
+});
+
 describe('null', () => {
   // The reader's buffer is dirtied first (and a write puts the same bytes through the device): a read that
   // is completed without being filled would show them.
