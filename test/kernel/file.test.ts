@@ -5,6 +5,18 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { cliJson, delAll, DATA_MODES, scratch, sh, ublkDevices, type AddedDevice } from './helpers.js';
 
+/** fio verify=crc32c random writes over the device; every byte written, and read back by the verify pass. */
+function fioVerify(dev: string, bsrange: string, iodepth: number, bytes: number): void {
+  const out = sh(
+    `fio --output-format=json --name=verify --filename=${dev} --ioengine=io_uring --direct=1 ` +
+      `--rw=randwrite --bsrange=${bsrange} --iodepth=${iodepth} --size=${bytes} --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0`,
+  );
+  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: { error: number; write: { io_bytes: number }; read: { io_bytes: number } }[] }).jobs[0];
+  expect(job.error).toBe(0);
+  expect(job.write.io_bytes).toBeGreaterThanOrEqual(bytes);
+  expect(job.read.io_bytes).toBeGreaterThanOrEqual(bytes);
+}
+
 const MNT = '/tmp/ublk-mnt';
 
 const RANDOM = '/tmp/ublk-ts-random.bin';
@@ -63,14 +75,7 @@ describe.each(DATA_MODES)('file target, data mode %s', (mode) => {
   it('passes fio verify=crc32c: 1 GiB of random writes, 4k-256k, QD64, 2 queues', () => {
     const dir = scratch(`fio-${mode}`);
     const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', path.join(dir, 'disk.img'), '--size', '1G', '--data-mode', mode, '--queues', '2');
-    const out = sh(
-      `fio --output-format=json --name=verify --filename=${dev.blockDevice} --ioengine=io_uring --direct=1 ` +
-        `--rw=randwrite --bsrange=4k-256k --iodepth=64 --size=1G --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0`,
-    );
-    const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: { error: number; write: { io_bytes: number }; read: { io_bytes: number } }[] }).jobs[0];
-    expect(job.error).toBe(0);
-    expect(job.write.io_bytes).toBeGreaterThanOrEqual(1 << 30);
-    expect(job.read.io_bytes).toBeGreaterThanOrEqual(1 << 30); // the verify pass read everything back
+    fioVerify(dev.blockDevice, '4k-256k', 64, 1 << 30);
     cliJson('del', '-n', String(dev.id));
   });
 });
@@ -100,14 +105,7 @@ describe('file target over a block device', () => {
     expect(sh(`cmp -n 8M ${MNT}/f ${RANDOM} && echo same`).trim()).toBe('same');
     sh(`umount ${MNT}`);
 
-    const out = sh(
-      `fio --output-format=json --name=verify --filename=${dev.blockDevice} --ioengine=io_uring --direct=1 ` +
-        `--rw=randwrite --bsrange=4k-64k --iodepth=16 --size=32M --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0`,
-    );
-    const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: { error: number; write: { io_bytes: number }; read: { io_bytes: number } }[] }).jobs[0];
-    expect(job.error).toBe(0);
-    expect(job.write.io_bytes).toBeGreaterThanOrEqual(32 << 20);
-    expect(job.read.io_bytes).toBeGreaterThanOrEqual(32 << 20);
+    fioVerify(dev.blockDevice, '4k-64k', 16, 32 << 20);
     cliJson('del', '-n', String(dev.id));
 
     // 512-byte blocks on a 4096-byte backing: O_DIRECT would refuse them, the page cache takes them.
