@@ -86,6 +86,7 @@ export async function supervise(o: DaemonOptions, max: number): Promise<void> {
     }
     log(`restart ${restarts}/${max}: server ${pid} ended (${ended}); re-attaching /dev/ublkb${id}`);
     await new Promise((r) => setTimeout(r, Math.min(BACKOFF_MS << (restarts - 1), BACKOFF_MAX_MS)));
+    if (stopping) break; // `del` came during the pause: it deletes the device, nothing is to be restarted
     const next = await startServer(again, false);
     if (!next.msg?.ok) log(`restart ${restarts}/${max} failed: ${next.msg?.error ?? 'the server died before reporting'}`);
     ended = await next.ended;
