@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the data path under AddressSanitizer on the real driver: builds an ASan copy of the addon in a
-# scratch tree, then in the VM serves fio verify in every data mode and the del-under-load path, and fails
-# on any ASan report in the servers' logs.
+# scratch tree, then in the VM serves fio verify in every data mode and the del-under-load path, the fault
+# target's held and copied requests, null's zero-filled reads and a block device's discards, and fails on
+# any ASan report in the servers' logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${UBLK_TS_IN_VM:-}" ]; then
@@ -43,6 +44,31 @@ ublk del -n $id
 wait || true
 rm -f /tmp/asan-fault.img
 echo "asan-check: fault served delays, per-request copies and a delete under stalled requests"
+# null fills reads from /dev/zero: one member per read, in every mode.
+for mode in auto-lease lease user-copy copy; do
+  id=$(ublk add --target null --size 256M --data-mode $mode --queues 2 --json | node -e 'console.log(JSON.parse(require("fs").readFileSync(0)).id)')
+  fio --name=n --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randrw --bsrange=4k-256k --iodepth=64 \
+    --size=256M --time_based --runtime=5 --output-format=terse >/dev/null
+  cmp -n 8388608 /dev/ublkb$id /dev/zero
+  ublk del -n $id
+done
+echo "asan-check: null filled reads with zeroes in every data mode"
+# A block device's discards are the target's own ring ops (io_uring block discard), plain and under fault.
+truncate -s 128M /tmp/asan-blk.img
+loop=$(losetup --show -f --sector-size 4096 --direct-io=on /tmp/asan-blk.img)
+for over in "--target file" "--target fault --over file --delay-us 500"; do
+  id=$(ublk add $over --file $loop --queues 2 --json | node -e 'console.log(JSON.parse(require("fs").readFileSync(0)).id)')
+  fio --name=v --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-64k --iodepth=16 \
+    --size=32M --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse >/dev/null
+  blkdiscard /dev/ublkb$id
+  fio --name=t --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randtrim --bs=4k --iodepth=64 --time_based --runtime=60 >/dev/null 2>&1 &
+  sleep 3
+  ublk del -n $id
+  wait || true
+done
+losetup -d $loop
+rm -f /tmp/asan-blk.img
+echo "asan-check: block discards served, plain and delayed, and a delete under discard load"
 if grep -l "AddressSanitizer" /tmp/asan-state/*.log; then
   grep -h -A30 "AddressSanitizer" /tmp/asan-state/*.log | head -60
   exit 1
