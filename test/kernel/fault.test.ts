@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { deleteDevice } from '../../src/lifecycle.js';
-import { cli, cliJson, delAll, fioInBackground, nothingLeft, scratch, serverPids, sh, sleep, type AddedDevice } from './helpers.js';
+import { cli, cliJson, delAll, fioInBackground, inflight, nothingLeft, scratch, serverPids, sh, sleep, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
 
@@ -20,8 +20,6 @@ function dd(args: string): { ok: boolean; err: string } {
   }
 }
 
-const inflight = (dev: AddedDevice) =>
-  fs.readFileSync(`/sys/block/${path.basename(dev.blockDevice)}/inflight`, 'utf8').trim().split(/\s+/).map(Number);
 
 
 describe('fault --delay-us', () => {
@@ -104,8 +102,8 @@ describe('teardown never strands a request', () => {
     // Not sector 0 nor the end: the kernel's partition scan reads those and would stall first.
     const fio = fioInBackground(['--name=stall', `--filename=${dev.blockDevice}`, '--ioengine=io_uring', '--direct=1',
       '--rw=randread', '--bs=4k', '--iodepth=64', '--offset=1M', '--size=32M', '--time_based', '--runtime=120']);
-    for (let i = 0; i < 200 && inflight(dev)[0] < 64; i++) await sleep(100);
-    expect(inflight(dev)[0]).toBe(64);
+    for (let i = 0; i < 200 && inflight(dev.id)[0] < 64; i++) await sleep(100);
+    expect(inflight(dev.id)[0]).toBe(64);
     const t0 = Date.now();
     await deleteDevice(dev.id);
     const took = Date.now() - t0;

@@ -66,6 +66,9 @@ export const DATA_MODES = ['auto-lease', 'lease', 'user-copy', 'copy'] as const;
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Reads and writes in flight on /dev/ublkbN, from the block layer. */
+export const inflight = (id: number) => fs.readFileSync(`/sys/block/ublkb${id}/inflight`, 'utf8').trim().split(/\s+/).map(Number);
+
 /**
  * Starts fio in the background with its output collected. It is always killed when the test ends: a later
  * device may reuse the same /dev/ublkbN path, and a leaked fio would write into it.

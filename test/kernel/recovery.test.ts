@@ -5,14 +5,13 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
-import { cli, cliJson, delAll, fioInBackground, nothingLeft, scratch, serverPids, sh, sleep, type AddedDevice } from './helpers.js';
+import { cli, cliJson, delAll, fioInBackground, inflight, nothingLeft, scratch, serverPids, sh, sleep, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
 
 type Recorded = AddedDevice & { recovery: boolean; supervisor?: number };
 
 const alive = (pid: number) => fs.existsSync(`/proc/${pid}`);
-const inflight = (id: number) => fs.readFileSync(`/sys/block/ublkb${id}/inflight`, 'utf8').trim().split(/\s+/).map(Number);
 const hung = <T>(p: Promise<T>, ms: number) => Promise.race([p, sleep(ms).then(() => 'hung' as const)]);
 
 async function until(what: string, cond: () => boolean, ms = 30_000): Promise<void> {
