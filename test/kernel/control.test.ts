@@ -2,7 +2,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { addon } from '../../src/native.js';
 import { removeFromKernel } from '../../src/server.js';
-import { cli, cliJson, delAll, ublkDevices } from './helpers.js';
+import { cli, cliJson, delAll, nothingLeft, sleep, ublkDevices } from './helpers.js';
 
 afterEach(delAll);
 
@@ -71,7 +71,10 @@ describe('a FETCH the kernel refuses', () => {
     await dev.join().catch(() => undefined);
     dev.close();
     await removeFromKernel(info.devId);
+    // DEL_DEV_ASYNC returns before the driver drops its last reference: wait (bounded) for it to go.
+    const gone = async () => addon.getDevInfo(info.devId).then(() => false, () => true);
+    for (let i = 0; i < 50 && !(await gone()); i++) await sleep(100);
     await expect(addon.getDevInfo(info.devId)).rejects.toMatchObject({ code: 'ENODEV' });
-    expect(ublkDevices()).toEqual([]);
+    await nothingLeft();
   });
 });
