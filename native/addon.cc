@@ -330,6 +330,24 @@ class Device : public Napi::ObjectWrap<Device> {
 			js_ = {post_to_js, &js_fn_};
 			c.tgt.cfg.js = &js_;
 		}
+		if (o.Has("buffers") && o.Get("buffers").IsArray()) {
+			/* The tag buffers, JavaScript's: referenced here so that no collection frees one while a
+			 * queue thread copies into it. */
+			Napi::Array a = o.Get("buffers").As<Napi::Array>();
+			if (a.Length() != (size_t)c.nr_queues * c.depth) {
+				Napi::TypeError::New(env, "buffers: one per tag of every queue expected").ThrowAsJavaScriptException();
+				return;
+			}
+			for (uint32_t i = 0; i < a.Length(); i++) {
+				Napi::Value v = a.Get(i);
+				if (!v.IsBuffer() || v.As<Napi::Buffer<uint8_t>>().Length() < c.max_io_bytes) {
+					Napi::TypeError::New(env, "buffers: each must be a Buffer of maxIoBufBytes").ThrowAsJavaScriptException();
+					return;
+				}
+				c.tgt.cfg.bufs.push_back(v.As<Napi::Buffer<uint8_t>>().Data());
+				buf_refs_.push_back(Napi::Persistent(v.As<Napi::Object>()));
+			}
+		}
 		if (o.Has("options") && o.Get("options").IsObject()) {
 			/* number -> nums, number[] -> lists, string -> strs */
 			Napi::Object opts = o.Get("options").As<Napi::Object>();
@@ -480,6 +498,12 @@ class Device : public Napi::ObjectWrap<Device> {
 			js_fn_.Release();
 			dev_.ctx.tgt.cfg.js = nullptr;
 		}
+		if (dev_.bufs_kept) {
+			/* The kernel may still write into them: never let them be collected. */
+			for (Napi::ObjectReference &r : buf_refs_)
+				r.SuppressDestruct();
+		}
+		buf_refs_.clear();
 	}
 	static void post_to_js(void *ctx, std::vector<uint8_t> &&bytes)
 	{
@@ -522,6 +546,7 @@ class Device : public Napi::ObjectWrap<Device> {
 	}
 	struct device dev_ {};
 	Napi::ThreadSafeFunction js_fn_;
+	std::vector<Napi::ObjectReference> buf_refs_;
 	struct host_channel js_ {};
 	bool started_ = false;
 	unsigned busy_ = 0; /* workers running; JavaScript thread only */

@@ -130,9 +130,11 @@ void device_close(struct device *d)
 	for (void *p : d->maps)
 		munmap(p, d->map_len);
 	d->maps.clear();
-	for (auto &qu : d->queues)
+	for (auto &qu : d->queues) {
 		if (qu->wake_fd >= 0)
 			close(qu->wake_fd);
+		d->bufs_kept |= qu->bufs_kept;
+	}
 	d->queues.clear();
 	if (d->target_ready && d->ctx.tgt.ops->deinit)
 		d->ctx.tgt.ops->deinit(&d->ctx.tgt);

@@ -23,6 +23,7 @@ struct device {
 	unsigned nr_ready;
 	unsigned nr_ended;
 	bool failed;
+	bool bufs_kept; /* a queue's teardown timed out: the host's buffers (cfg.bufs) must never be freed */
 };
 
 /* Opens /dev/ublkcN, maps the descriptors, starts the queue threads and waits (on the calling, non-JS

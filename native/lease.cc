@@ -79,13 +79,31 @@ static int ensure_buf(struct queue *q, struct io *io)
 		return 0;
 	if (q->dev->mode != MODE_COPY && q->dev->mode != MODE_USER_COPY && !q->dev->user_copy)
 		return -EOPNOTSUPP; /* the device cannot copy: the request can only be served on the lease */
+	const std::vector<void *> &host = q->dev->tgt.cfg.bufs;
+	if (!host.empty()) {
+		io->buf = host[(size_t)q->q_id * q->dev->depth + io->req.tag];
+		return 0;
+	}
 	return posix_memalign(&io->buf, 4096, q->dev->max_io_bytes) ? -ENOMEM : 0;
+}
+
+/* The request's bytes in our buffer: a WRITE's copied in now (once), a READ's from here on its answer. */
+static int take_buf(struct queue *q, struct io *io)
+{
+	int ret = ensure_buf(q, io);
+	if (ret == 0 && !io->buf_used && io->req.op == UBLK_IO_OP_WRITE && via_user_copy(q, io))
+		ret = user_copy(q, io, io->req.len, false);
+	if (ret == 0)
+		io->buf_used = true;
+	return ret;
 }
 
 void *request_buf(struct tq *tq, struct request *req)
 {
 	struct io *io = &tq->q->ios[req->tag];
-	return copied(tq->q, io) ? io->buf : nullptr;
+	if (!copied(tq->q, io))
+		return nullptr;
+	return take_buf(tq->q, io) == 0 ? io->buf : nullptr;
 }
 
 /* REGISTER_IO_BUF or UNREGISTER_IO_BUF of this tag's lease slot. */
@@ -256,8 +274,8 @@ static void finish(struct queue *q, struct io *io)
 		result = -EIO;
 	} else if (result == 0)
 		result = data ? (int32_t)req->len : 0;
-	/* Only what members filled goes back: a request completed without them (the bridge copies its own
-	 * bytes) must not have the buffer's old contents written over them. */
+	/* Only a buffer members filled, or the target took (request_buf), goes back: nobody else's old
+	 * contents reach the reader. */
 	if (result > 0 && req->op == UBLK_IO_OP_READ && io->buf_used && via_user_copy(q, io)) {
 		int ret = user_copy(q, io, result, true);
 		if (ret < 0)
@@ -266,7 +284,7 @@ static void finish(struct queue *q, struct io *io)
 	bump(q->stats.requests);
 	if (result < 0)
 		bump(q->stats.errors);
-	else if (data && req->nr_members > 0)
+	else if (data && (req->nr_members > 0 || io->buf_used))
 		bump(copied(q, io) ? q->stats.copied : q->stats.leased);
 	if (io->leased) {
 		/* Submitted before the commit in the same batch: the slot is free when the tag's next
@@ -334,15 +352,12 @@ static void issue(struct queue *q, struct io *io)
 				continue;
 			}
 			if (copied(q, io)) {
-				int ret = ensure_buf(q, io);
-				if (ret == 0 && !io->buf_used && req->op == UBLK_IO_OP_WRITE && via_user_copy(q, io))
-					ret = user_copy(q, io, req->len, false);
+				int ret = take_buf(q, io);
 				if (ret < 0) {
 					fail(io, ret);
 					io->submitted++;
 					continue;
 				}
-				io->buf_used = true;
 			}
 		}
 		io->submitted++;

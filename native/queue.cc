@@ -98,6 +98,20 @@ struct io_uring_sqe *tq_sqe(struct tq *tq, struct request *req, uint64_t cookie)
 	return sqe;
 }
 
+struct io_uring_sqe *tq_sqe_after(struct tq *tq, struct request *req, unsigned idx, uint64_t cookie)
+{
+	struct io_uring *ring = &tq->q->ring;
+	const struct io_uring_sq *sq = &ring->sq;
+	/* Room for ours in this submission too: a link cut by a full SQ would let the two run at once. */
+	if (sq->sqe_tail == sq->sqe_head || io_uring_sq_space_left(ring) == 0)
+		return nullptr;
+	struct io_uring_sqe *prev = &sq->sqes[(sq->sqe_tail - 1) & sq->ring_mask];
+	if (prev->user_data != ud_make(req->tag, UD_MEMBER, idx))
+		return nullptr;
+	prev->flags |= IOSQE_IO_LINK;
+	return tq_sqe(tq, nullptr, cookie);
+}
+
 /* Drain: nothing is kept for later any more. What the target holds fails now, members it still waits on
  * are cancelled, and requests that arrive later are not held (handle_request). */
 static void drain(struct queue *q)
@@ -266,6 +280,7 @@ static void on_wake(struct queue *q, int res)
 		struct request *req = &io->req;
 		bool rw = req->op == UBLK_IO_OP_READ || req->op == UBLK_IO_OP_WRITE;
 		if (c.file && rw) {
+			req->copy = false; /* routed: on the lease after all, whatever the target took */
 			struct member *m = add_member(req, req->op == UBLK_IO_OP_READ ? MEMBER_READ : MEMBER_WRITE, c.file);
 			m->len = req->len;
 			m->file_off = c.file_off;
@@ -415,7 +430,9 @@ static int setup_ios(struct queue *q)
 		io->req.tag = tag;
 		io->state = IO_FETCHING;
 		if (dev->mode == MODE_COPY || dev->mode == MODE_USER_COPY) {
-			if (posix_memalign(&io->buf, 4096, dev->max_io_bytes)) {
+			if (!dev->tgt.cfg.bufs.empty())
+				io->buf = dev->tgt.cfg.bufs[(size_t)q->q_id * dev->depth + tag];
+			else if (posix_memalign(&io->buf, 4096, dev->max_io_bytes)) {
 				queue_set_error(q, "out of memory for copy buffers");
 				return -ENOMEM;
 			}
@@ -477,10 +494,12 @@ static void teardown(struct queue *q)
 	if (!quiet) {
 		/* The kernel may still write into these: leaking them is the safe choice. */
 		queue_set_error(q, "members still in flight after 5 s at teardown; their buffers are kept");
+		q->bufs_kept = true;
 		return;
 	}
-	for (struct io &io : q->ios)
-		free(io.buf);
+	if (q->dev->tgt.cfg.bufs.empty()) /* the host's are its own to free */
+		for (struct io &io : q->ios)
+			free(io.buf);
 	q->ios.clear();
 }
 

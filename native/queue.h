@@ -97,6 +97,7 @@ struct queue {
 	struct stream streams[MAX_STREAMS];
 	bool draining;         /* stopping or failed: nothing is held for later any more */
 	bool failed;           /* new requests fail at once */
+	bool bufs_kept;        /* teardown left members in flight: their buffers must outlive us */
 	int wake_fd;
 	uint64_t wake_val;     /* the eventfd's counter, read by the ring */
 	std::atomic<bool> stop_requested;

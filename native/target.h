@@ -70,6 +70,9 @@ struct target_config {
 	std::map<std::string, int64_t> nums;             /* target-specific numeric options */
 	std::map<std::string, std::vector<int64_t>> lists; /* repeated numeric options (ranges) */
 	std::map<std::string, std::string> strs;
+	/* Copy buffers the host owns, one per tag (q * depth + tag), max_io_bytes each; the engine uses them
+	 * instead of its own. The bridge's are JavaScript's Buffers, so its handlers work on them in place. */
+	std::vector<void *> bufs;
 	int64_t num(const char *key, int64_t dflt) const
 	{
 		auto it = nums.find(key);
@@ -171,11 +174,19 @@ void request_run(struct tq *tq, struct request *req);
 /* Release a pending request: it completes once its members are done. A negative result fails it; with
  * no members, result is what is committed. */
 void request_complete(struct tq *tq, struct request *req, int32_t result);
-/* The bytes of a request served through a copy (req->copy, or a copy data mode), else null. */
+/* The bytes of a request served through a copy (req->copy, or a copy data mode), else null (also when
+ * a WRITE's bytes could not be copied in). A WRITE's buffer holds its bytes; what a READ's holds when the
+ * request ends is what the reader gets, so a target that fills it itself completes with no member. */
 void *request_buf(struct tq *tq, struct request *req);
 /* An SQE for the target's own operation; its CQE comes back through on_cqe with this cookie (at most
  * 8 bits with a request, 48 without). Bound to req when given: at most MAX_REQUEST_OPS in flight. */
 struct io_uring_sqe *tq_sqe(struct tq *tq, struct request *req, uint64_t cookie);
+/* As tq_sqe (queue-wide), but linked behind member idx of req, which request_run has just issued: the
+ * operation starts only once that member has moved all its bytes, in the same submission. If the member
+ * comes short or fails, the operation ends with -ECANCELED (the engine still continues the member). Null
+ * when the member is not the last SQE waiting to be submitted (it waits for a lease or its stream, or has
+ * gone to the kernel): the target issues its operation later, on the member's completion. */
+struct io_uring_sqe *tq_sqe_after(struct tq *tq, struct request *req, unsigned idx, uint64_t cookie);
 /* The queue cannot go on: every request it holds fails with EIO, new ones too, and the device stops. */
 void queue_fail(struct tq *tq, const std::string &why);
 /* A completion handed over from another thread. */

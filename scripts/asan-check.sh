@@ -16,37 +16,40 @@ if [ -z "${UBLK_TS_IN_VM:-}" ]; then
 fi
 export LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 UBLK_TS_STATE_DIR=/tmp/asan-state
 ublk() { node dist/ublk-ts.mjs "$@"; }
+add_id() { ublk add "$@" --json | node -e 'console.log(JSON.parse(require("fs").readFileSync(0)).id)'; }
+# fio load in the background, then a delete under it.
+del_under_load() {
+  fio --name=load --filename=/dev/ublkb$1 --ioengine=io_uring --direct=1 --rw=${2:-randrw} --bs=4k --iodepth=64 --time_based --runtime=60 >/dev/null 2>&1 &
+  sleep 3
+  ublk del -n $1
+  wait || true
+}
+verify() {
+  fio --name=v --filename=/dev/ublkb$1 --ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-256k --iodepth=64 \
+    --size=${2:-256M} --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse >/dev/null
+}
 for mode in auto-lease lease user-copy copy; do
-  id=$(ublk add --target file --file /tmp/asan-$mode.img --size 256M --data-mode $mode --queues 2 --json | node -e 'console.log(JSON.parse(require("fs").readFileSync(0)).id)')
-  fio --name=v --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-256k --iodepth=64 \
-    --size=256M --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse >/dev/null
+  id=$(add_id --target file --file /tmp/asan-$mode.img --size 256M --data-mode $mode --queues 2)
+  verify $id
   fio --name=flush --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=write --bs=64k --fsync=4 --size=16M --output-format=terse >/dev/null
   blkdiscard /dev/ublkb$id
-  fio --name=load --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randrw --bs=4k --iodepth=64 --time_based --runtime=60 >/dev/null 2>&1 &
-  sleep 3
-  ublk del -n $id
-  wait || true
+  del_under_load $id
   rm -f /tmp/asan-$mode.img
   echo "asan-check: $mode served verify, flush, discard and delete under load"
 done
 # The asynchronous paths: requests held behind the target's own timeouts, reads served through a
 # per-request copy beside the lease, and a delete while requests are stalled.
-id=$(ublk add --target fault --over file --file /tmp/asan-fault.img --size 64M --delay-us 2000 --corrupt-range 1M:1M \
-  --queues 2 --json | node -e 'console.log(JSON.parse(require("fs").readFileSync(0)).id)')
+id=$(add_id --target fault --over file --file /tmp/asan-fault.img --size 64M --delay-us 2000 --corrupt-range 1M:1M --queues 2)
 fio --name=f --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randrw --bsrange=4k-128k --iodepth=64 \
   --size=64M --time_based --runtime=10 --output-format=terse >/dev/null
 ublk del -n $id
-id=$(ublk add --target fault --over file --file /tmp/asan-fault.img --stall-range 0:64M --queues 2 --json \
-  | node -e 'console.log(JSON.parse(require("fs").readFileSync(0)).id)')
-fio --name=s --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randread --bs=4k --iodepth=64 --time_based --runtime=60 >/dev/null 2>&1 &
-sleep 3
-ublk del -n $id
-wait || true
+id=$(add_id --target fault --over file --file /tmp/asan-fault.img --stall-range 0:64M --queues 2)
+del_under_load $id randread
 rm -f /tmp/asan-fault.img
 echo "asan-check: fault served delays, per-request copies and a delete under stalled requests"
 # null fills reads from /dev/zero: one member per read, in every mode.
 for mode in auto-lease lease user-copy copy; do
-  id=$(ublk add --target null --size 256M --data-mode $mode --queues 2 --json | node -e 'console.log(JSON.parse(require("fs").readFileSync(0)).id)')
+  id=$(add_id --target null --size 256M --data-mode $mode --queues 2)
   fio --name=n --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randrw --bsrange=4k-256k --iodepth=64 \
     --size=256M --time_based --runtime=5 --output-format=terse >/dev/null
   cmp -n 8388608 /dev/ublkb$id /dev/zero
@@ -57,18 +60,36 @@ echo "asan-check: null filled reads with zeroes in every data mode"
 truncate -s 128M /tmp/asan-blk.img
 loop=$(losetup --show -f --sector-size 4096 --direct-io=on /tmp/asan-blk.img)
 for over in "--target file" "--target fault --over file --delay-us 500"; do
-  id=$(ublk add $over --file $loop --queues 2 --json | node -e 'console.log(JSON.parse(require("fs").readFileSync(0)).id)')
+  id=$(add_id $over --file $loop --queues 2)
   fio --name=v --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-64k --iodepth=16 \
     --size=32M --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse >/dev/null
   blkdiscard /dev/ublkb$id
-  fio --name=t --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randtrim --bs=4k --iodepth=64 --time_based --runtime=60 >/dev/null 2>&1 &
-  sleep 3
-  ublk del -n $id
-  wait || true
+  del_under_load $id randtrim
 done
 losetup -d $loop
 rm -f /tmp/asan-blk.img
 echo "asan-check: block discards served, plain and delayed, and a delete under discard load"
+# The bridge: the queue threads copy into and out of JavaScript's tag buffers (memory), and a routing
+# target's writes are copied in by JavaScript (overlay).
+id=$(add_id --target memory --size 128M --queues 2)
+verify $id 128M
+del_under_load $id
+truncate -s 64M /tmp/asan-base.img
+id=$(add_id --target overlay --base /tmp/asan-base.img --overlay /tmp/asan-overlay.map --queues 2)
+fio --name=o --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-64k --iodepth=32 \
+  --size=64M --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse >/dev/null
+del_under_load $id
+rm -f /tmp/asan-base.img /tmp/asan-overlay.map*
+echo "asan-check: the bridge served verify and a delete under load, copying and routing"
+# nbd: a read's payload received into the request's buffer with the next reply header linked behind it.
+nbdkit -f --exit-with-parent -U /tmp/asan-nbd.sock memory 256M &
+nbdkit_pid=$!
+for i in $(seq 50); do [ -S /tmp/asan-nbd.sock ] && break; sleep 0.1; done
+id=$(add_id --target nbd --socket /tmp/asan-nbd.sock --queues 2)
+verify $id
+del_under_load $id randread
+kill $nbdkit_pid; wait $nbdkit_pid || true
+echo "asan-check: nbd served verify and a delete under read load"
 if grep -l "AddressSanitizer" /tmp/asan-state/*.log; then
   grep -h -A30 "AddressSanitizer" /tmp/asan-state/*.log | head -60
   exit 1

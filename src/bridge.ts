@@ -1,7 +1,9 @@
 // The JavaScript half of the bridge (targets/bridge/bridge.cc is the native half): takes batches of request
 // descriptors from the queue threads, runs the target's handlers with every tag in flight at once, and
-// hands completions back in batches. Bytes a handler must see are moved by user copy (pread/pwrite on
-// /dev/ublkcN) on libuv's pool, never on the event loop; a routed request never crosses into JavaScript.
+// hands completions back in batches. A handler works in place on the tag's buffer, which the queue thread
+// fills (a write) and hands to the kernel (a read) by user copy; a routed request never crosses into
+// JavaScript. A target that may route gets writes without their bytes and copies in, on libuv's pool,
+// only the ones it handles.
 import fs from 'node:fs';
 import { addon, type NativeDevice } from './native.js';
 import type { BlockDevice, BlockOp, BlockRequest } from './api.js';
@@ -10,6 +12,7 @@ const DESC = 24; // q u16, tag u16, gen u32, op|flags u32, len u32, offset u64
 const DONE = 24; // q u16, tag u16, gen u32, result i32, file u8, pad, file offset u64
 const OPS: Record<number, BlockOp> = { 0: 'read', 1: 'write', 2: 'flush', 3: 'discard', 5: 'write-zeroes' };
 const UBLK_IO_F_FUA = 1 << 13;
+const DESC_F_BYTES = 2 ** 31; // the write's bytes are in the tag's buffer already
 const EIO = 5, EOPNOTSUPP = 95;
 
 type Handler = (req: BlockRequest) => Promise<void> | void;
@@ -29,17 +32,23 @@ function handlerFor(bd: BlockDevice, op: BlockOp): Handler | undefined {
   }
 }
 
-const ioAt = (fd: number, write: boolean, buf: Buffer, len: number, pos: number) =>
-  new Promise<void>((resolve, reject) => {
-    const done = (err: Error | null, n: number) => (err ? reject(err) : n === len ? resolve() : reject(new Error(`short user copy: ${n} of ${len}`)));
-    if (write) fs.write(fd, buf, 0, len, pos, done);
-    else fs.read(fd, buf, 0, len, pos, done);
-  });
+const readAt = (fd: number, buf: Buffer, len: number, pos: number) =>
+  new Promise<void>((resolve, reject) =>
+    fs.read(fd, buf, 0, len, pos, (err, n) => (err ? reject(err) : n === len ? resolve() : reject(new Error(`short user copy: ${n} of ${len}`)))),
+  );
+
+export interface BridgeShape {
+  queues: number;
+  depth: number;
+  maxIoBytes: number;
+}
 
 export class Bridge {
   private dev: NativeDevice | undefined;
-  /** One buffer per tag, made on first use and reused: no allocation per request. */
-  private readonly buffers = new Map<number, Buffer>();
+  /** One buffer per tag of every queue (q * depth + tag), lent to the engine: no allocation per request. */
+  readonly buffers: Buffer[];
+  /** For the native half: whether writes come with their bytes. */
+  readonly nativeOptions: { routes: number };
   private out = Buffer.alloc(DONE * 64);
   private outLen = 0;
   private flushQueued = false;
@@ -50,9 +59,13 @@ export class Bridge {
 
   constructor(
     private readonly bd: BlockDevice,
-    private readonly maxIoBytes: number,
+    private readonly shape: BridgeShape,
     private readonly log: (line: string) => void,
-  ) {}
+  ) {
+    // Untouched pages of a buffer cost no memory: only what requests use becomes resident.
+    this.buffers = Array.from({ length: shape.queues * shape.depth }, () => Buffer.allocUnsafeSlow(shape.maxIoBytes));
+    this.nativeOptions = { routes: bd.route ? 1 : 0 };
+  }
 
   /** The device exists only after the bridge's handler was handed to it. */
   attach(dev: NativeDevice): void {
@@ -79,12 +92,10 @@ export class Bridge {
       const r = this.bd.route({ op, offset, length, fua });
       if (r) return this.complete(q, tag, gen, 0, r.file + 1, r.offset);
     }
-    const buf = data ? this.buffer(q, tag).subarray(0, length) : this.empty;
-    const pos = data ? Number(addon.abi.userCopyOffset(q, tag)) : 0;
+    const buf = data ? this.buffers[q * this.shape.depth + tag].subarray(0, length) : this.empty;
     try {
-      if (op === 'write') await this.copy(false, buf, length, pos);
+      if (op === 'write' && !(opFlags & DESC_F_BYTES)) await this.copyIn(buf, length, Number(addon.abi.userCopyOffset(q, tag)));
       await handler({ op, offset, length, fua, data: buf });
-      if (op === 'read') await this.copy(true, buf, length, pos);
       this.complete(q, tag, gen, data ? length : 0);
     } catch (e) {
       // One line per kind of failure, not per request: a failing handler must not flood the log.
@@ -97,18 +108,11 @@ export class Bridge {
     }
   }
 
-  private buffer(q: number, tag: number): Buffer {
-    const key = q * 65536 + tag;
-    let b = this.buffers.get(key);
-    if (!b) this.buffers.set(key, (b = Buffer.allocUnsafeSlow(this.maxIoBytes)));
-    return b;
-  }
-
-  private async copy(toKernel: boolean, buf: Buffer, len: number, pos: number): Promise<void> {
+  private async copyIn(buf: Buffer, len: number, pos: number): Promise<void> {
     if (this.closing || !this.dev) throw new Error('device stopping');
     this.copies++;
     try {
-      await ioAt(this.dev.charFd(), toKernel, buf, len, pos);
+      await readAt(this.dev.charFd(), buf, len, pos);
     } finally {
       this.copies--;
     }

@@ -60,6 +60,9 @@ export interface DeviceOptions {
   userCopy?: boolean;
   /** The bridge target's JavaScript side: batches of 24-byte request descriptors (src/bridge.ts). */
   handler?: (batch: Buffer) => void;
+  /** The bridge's tag buffers, queue-major (q * depth + tag), maxIoBufBytes each: the engine copies a
+   * request's bytes in and out of them, and the handlers work on them in place. */
+  buffers?: Buffer[];
 }
 
 export interface QueueStats {

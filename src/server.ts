@@ -96,7 +96,9 @@ export class Server {
     let bridge: Bridge | undefined;
     try {
       // A target written in TypeScript is served by the native bridge, which hands its requests over.
-      bridge = opened.typescript && new Bridge(opened.typescript, info.maxIoBufBytes, o.statusLog ?? (() => undefined));
+      bridge =
+        opened.typescript &&
+        new Bridge(opened.typescript, { queues: info.nrHwQueues, depth: info.queueDepth, maxIoBytes: info.maxIoBufBytes }, o.statusLog ?? (() => undefined));
       dev = new addon.Device({
         devId,
         queues: info.nrHwQueues,
@@ -105,9 +107,10 @@ export class Server {
         mode,
         target: bridge ? 'bridge' : spec.name,
         fds: opened.fds,
-        options: opened.options,
+        options: bridge ? { ...opened.options, ...bridge.nativeOptions } : opened.options,
         userCopy: (info.flags & addon.abi.flags.USER_COPY) !== 0n,
         handler: bridge?.onBatch,
+        buffers: bridge?.buffers,
       });
       bridge?.attach(dev);
       // FETCH every tag first: START_DEV waits for them, and the partition scan reads at once.

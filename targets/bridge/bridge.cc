@@ -2,8 +2,13 @@
  * bridge: the native half of targets written in TypeScript (src/bridge.ts is the other half). Each request
  * is held and its descriptor queued; once the queue has handled a batch of completions the whole batch goes
  * to JavaScript in one call. JavaScript answers through queue_complete_remote, in batches too: with a
- * result (it moved the bytes itself, by user copy) or with a file and offset, and then the engine serves
+ * result, having worked on the tag's buffer in place, or with a file and offset, and then the engine serves
  * the request as one member on the lease: those bytes never reach JavaScript.
+ *
+ * The tag buffers are JavaScript's (cfg.bufs) and the copies are the engine's, on this thread: a write's
+ * bytes are in the buffer before its descriptor goes, a read's go to the kernel at commit. A target that
+ * may route (options.routes) gets writes without their bytes, so a routed one is never copied; it copies
+ * the few it handles itself.
  */
 #include <string.h>
 
@@ -11,20 +16,24 @@
 
 /* One descriptor as JavaScript reads it (little-endian): q, tag, gen, op | flags, len, offset. */
 #define DESC_BYTES 24
+/* In op | flags, above the kernel's UBLK_IO_F_*: the write's bytes are in the tag's buffer already. */
+#define DESC_F_BYTES (1u << 31)
 
 struct bridge_queue {
 	std::vector<uint8_t> out;
+	bool routes;
 };
 
 static int bridge_init(struct target *t)
 {
-	return t->cfg.js ? 0 : -EINVAL;
+	return t->cfg.js && !t->cfg.bufs.empty() ? 0 : -EINVAL;
 }
 
 static int bridge_queue_init(struct tq *tq)
 {
 	auto *bq = new bridge_queue();
 	bq->out.reserve((size_t)tq->depth * DESC_BYTES);
+	bq->routes = tq->t->cfg.num("routes", 0) != 0;
 	tq->priv = bq;
 	return 0;
 }
@@ -40,6 +49,15 @@ static int bridge_queue_io(struct tq *tq, struct request *req)
 	auto *bq = static_cast<struct bridge_queue *>(tq->priv);
 	uint8_t d[DESC_BYTES];
 	uint32_t op_flags = req->op | req->flags;
+	if (req->op == UBLK_IO_OP_READ || (req->op == UBLK_IO_OP_WRITE && !bq->routes)) {
+		req->copy = true;
+		if (!request_buf(tq, req)) {
+			req->result = -EIO;
+			return QUEUE_IO_DONE;
+		}
+		if (req->op == UBLK_IO_OP_WRITE)
+			op_flags |= DESC_F_BYTES;
+	}
 	memcpy(d, &req->q_id, 2);
 	memcpy(d + 2, &req->tag, 2);
 	memcpy(d + 4, &req->gen, 4);

@@ -10,7 +10,8 @@
  *              the leased buffer, both on stream 1 of the queue, so no other request's bytes come between.
  *   reply      one 16-byte receive of a simple reply header is kept in flight. Its cookie (tag | gen << 16)
  *              names the request; a READ's payload is then received straight into that request's leased
- *              buffer, and only after that is the next header received, so the byte stream is read in order.
+ *              buffer, and the next header's receive is linked behind it (tq_sqe_after): one submission
+ *              takes both, and the byte stream is still read in order.
  *   loss       an unknown cookie, a bad magic, a failed send or receive, EOF or a request older than
  *              --timeout drops the connection (shutdown). Without --reconnect everything held and everything
  *              new fails with EIO. With it, a worker thread connects again with backoff (the queue thread
@@ -874,7 +875,7 @@ struct nbd_q {
 	unsigned wire;  /* our members in flight on the socket */
 	unsigned held;  /* slots in use */
 	uint32_t seq;
-	bool recv_armed, timer_armed, timer_multishot, ev_armed, fupd_busy, stopping;
+	bool recv_armed, recv_linked, payload_busy, timer_armed, timer_multishot, ev_armed, fupd_busy, stopping;
 	int pending_fd; /* a reconnected socket waiting until nothing of the old one is in flight */
 	int fupd_fd;    /* read by IORING_OP_FILES_UPDATE */
 	uint64_t ev_val;
@@ -886,14 +887,33 @@ static struct nbd_q *Q(struct tq *tq)
 	return static_cast<struct nbd_q *>(tq->priv);
 }
 
-static void arm_recv(struct tq *tq, struct nbd_q *nq)
+static bool may_recv(const struct nbd_q *nq)
 {
-	if (nq->recv_armed || nq->stopping || nq->c->state.load() != CONN_UP)
-		return;
-	struct io_uring_sqe *sqe = tq_sqe(tq, nullptr, OP_RECV);
+	return !nq->recv_armed && !nq->stopping && nq->c->state.load() == CONN_UP;
+}
+
+static void prep_reply_recv(struct nbd_q *nq, struct io_uring_sqe *sqe)
+{
 	io_uring_prep_recv(sqe, nq->file, (char *)&nq->reply + nq->reply_got, sizeof(nq->reply) - nq->reply_got, MSG_WAITALL);
 	sqe->flags |= IOSQE_FIXED_FILE;
 	nq->recv_armed = true;
+}
+
+static void arm_recv(struct tq *tq, struct nbd_q *nq)
+{
+	if (may_recv(nq))
+		prep_reply_recv(nq, tq_sqe(tq, nullptr, OP_RECV));
+}
+
+/* The next header's receive, linked behind the READ payload (member idx) just issued; if the engine
+ * cannot link it, the payload's completion arms it. */
+static void arm_recv_after(struct tq *tq, struct nbd_q *nq, struct request *req, unsigned idx)
+{
+	struct io_uring_sqe *sqe = may_recv(nq) ? tq_sqe_after(tq, req, idx, OP_RECV) : nullptr;
+	if (!sqe)
+		return;
+	prep_reply_recv(nq, sqe);
+	nq->recv_linked = true;
 }
 
 static void arm_timer(struct tq *tq, struct nbd_q *nq)
@@ -1098,6 +1118,16 @@ static void on_event(struct tq *tq, struct nbd_q *nq, int res)
 static void on_reply(struct tq *tq, struct nbd_q *nq, int res)
 {
 	nq->recv_armed = false;
+	bool linked = nq->recv_linked;
+	nq->recv_linked = false;
+	if (linked && res == -ECANCELED) {
+		/* The payload ahead of it came short (the engine continues it) or failed: the header is
+		 * received once the payload is all in, whichever of the two completions comes last. */
+		if (!nq->payload_busy)
+			arm_recv(tq, nq);
+		try_install(tq, nq);
+		return;
+	}
 	if (res == -ECANCELED) {
 		enter_stopping(nq);
 		return;
@@ -1148,7 +1178,9 @@ static void on_reply(struct tq *tq, struct nbd_q *nq, int res)
 		m->len = s->req->len;
 		nq->wire++;
 		s->phase = P_PAYLOAD;
+		nq->payload_busy = true;
 		request_run(tq, s->req);
+		arm_recv_after(tq, nq, s->req, s->req->nr_members - 1);
 		return;
 	} else {
 		finish_slot(tq, nq, tag, 0);
@@ -1221,6 +1253,8 @@ static enum member_fold nbd_on_member(struct tq *tq, struct request *req, unsign
 	bool mine = s.phase != P_FREE && s.req == req && s.gen == req->gen;
 	enum member_fold fold = FOLD_DEFAULT;
 	nq->wire--;
+	if (m->kind == MEMBER_RECV)
+		nq->payload_busy = false;
 	if (res == -ECANCELED) {
 		/* Only the engine cancels our members: the queue is draining. */
 		enter_stopping(nq);
@@ -1230,9 +1264,10 @@ static enum member_fold nbd_on_member(struct tq *tq, struct request *req, unsign
 					  (res == 0 ? "the connection closed" : strerror(-res)));
 		if (mine && s.phase == P_QUEUED)
 			fold = FOLD_IGNORE; /* it goes again on the next connection */
-	} else if (m->kind == MEMBER_RECV && mine) {
+	} else if (m->kind == MEMBER_RECV) {
 		/* The whole payload is in the buffer (the engine continued short receives). */
-		finish_slot(tq, nq, req->tag, 0);
+		if (mine)
+			finish_slot(tq, nq, req->tag, 0);
 		arm_recv(tq, nq);
 	}
 	try_install(tq, nq);
