@@ -20,9 +20,10 @@ add_id() { ublk add "$@" --json | node -e 'console.log(JSON.parse(require("fs").
 # fio load in the background, then a delete under it.
 del_under_load() {
   fio --name=load --filename=/dev/ublkb$1 --ioengine=io_uring --direct=1 --rw=${2:-randrw} --bs=4k --iodepth=64 --time_based --runtime=60 >/dev/null 2>&1 &
+  local fio_pid=$!
   sleep 3
   ublk del -n $1
-  wait || true
+  wait $fio_pid || true
 }
 verify() {
   fio --name=v --filename=/dev/ublkb$1 --ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-256k --iodepth=64 \
