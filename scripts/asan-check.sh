@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the data path under AddressSanitizer on the real driver: builds an ASan copy of the addon in a
 # scratch tree, then in the VM serves fio verify in every data mode and the del-under-load path, the fault
-# target's held and copied requests, null's zero-filled reads and a block device's discards, and fails on
-# any ASan report in the servers' logs.
+# target's held and copied requests, null's zero-filled reads, a block device's discards, the bridge's
+# copies (memory, overlay) and nbd's receives, and fails on any ASan report in the servers' logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${UBLK_TS_IN_VM:-}" ]; then
