@@ -8,6 +8,8 @@
  *              sets NBD_FLAG_CAN_MULTI_CONN, else one and a single queue.
  *   request    the 28-byte request header from per-tag target memory, then a WRITE's payload straight from
  *              the leased buffer, both on stream 1 of the queue, so no other request's bytes come between.
+ *              Headers without a payload (read, flush, trim, write-zeroes) that arrive in one batch are
+ *              gathered into a run and sent as one member on the same stream.
  *   reply      one 16-byte receive of a simple reply header is kept in flight. Its cookie (tag | gen << 16)
  *              names the request; a READ's payload is then received straight into that request's leased
  *              buffer, and the next header's receive is linked behind it (tq_sqe_after): one submission
@@ -869,6 +871,11 @@ struct nbd_q {
 	struct conn *c;
 	uint8_t file;
 	std::vector<struct nbd_request> hdr; /* per tag: read by the kernel while the header send runs */
+	/* Runs of payload-less headers: a ring of depth entries, [ring_head, ring_tail) queued or being sent
+	 * (free-running counters), [open_at, ring_tail) the run still gathering; run_owner's request sends it. */
+	std::vector<struct nbd_request> ring;
+	uint32_t ring_head, ring_tail, open_at;
+	uint16_t run_owner;
 	std::vector<struct slot> slots;      /* per tag */
 	struct nbd_simple_reply reply;
 	uint32_t reply_got;
@@ -927,12 +934,36 @@ static void arm_timer(struct tq *tq, struct nbd_q *nq)
 	nq->timer_armed = true;
 }
 
+/* The gathered run goes on the wire: one send of its headers, a member of its last request. */
+static void flush_run(struct tq *tq, struct nbd_q *nq)
+{
+	uint32_t n = nq->ring_tail - nq->open_at;
+	if (n == 0)
+		return;
+	struct request *req = nq->slots[nq->run_owner].req;
+	struct member *m = add_member(req, MEMBER_SEND, nq->file);
+	m->stream = 1;
+	m->flags = MEMBER_F_TARGET_BUF;
+	m->ptr = &nq->ring[nq->open_at % nq->ring.size()];
+	m->len = n * sizeof(struct nbd_request);
+	nq->wire++;
+	nq->open_at = nq->ring_tail;
+	request_run(tq, req);
+}
+
+static bool in_ring(const struct nbd_q *nq, const void *p)
+{
+	return p >= nq->ring.data() && p < nq->ring.data() + nq->ring.size();
+}
+
 /* Release a request we hold (its members may still be in flight: the engine waits for them). */
 static void finish_slot(struct tq *tq, struct nbd_q *nq, uint16_t tag, int res)
 {
 	struct slot &s = nq->slots[tag];
 	if (s.phase == P_FREE)
 		return;
+	if (tag == nq->run_owner && nq->ring_tail != nq->open_at)
+		flush_run(tq, nq); /* the others' headers must still go, and only its member sends them */
 	struct request *req = s.req;
 	s.phase = P_FREE;
 	s.req = nullptr;
@@ -948,17 +979,30 @@ static void fail_all(struct tq *tq, struct nbd_q *nq, int res)
 }
 
 /* The header (and a WRITE's payload) on stream 1: in order, never interleaved with another request. */
-static void put_on_wire(struct nbd_q *nq, struct request *req)
+static void put_on_wire(struct tq *tq, struct nbd_q *nq, struct request *req)
 {
 	struct slot &s = nq->slots[req->tag];
-	struct nbd_request &h = nq->hdr[req->tag];
 	bool write = s.cmd == NBD_CMD_WRITE, flush = s.cmd == NBD_CMD_FLUSH;
+	uint32_t size = nq->ring.size();
+	/* A run never wraps: the ring's end closes it. */
+	if (!write && nq->ring_tail % size == 0)
+		flush_run(tq, nq);
+	bool gather = !write && nq->ring_tail - nq->ring_head < size;
+	if (!gather)
+		flush_run(tq, nq); /* what was gathered goes first */
+	struct nbd_request &h = gather ? nq->ring[nq->ring_tail % size] : nq->hdr[req->tag];
 	h.magic = htobe32(NBD_REQUEST_MAGIC);
 	h.flags = htobe16(s.cflags);
 	h.type = htobe16(s.cmd);
 	h.cookie = htobe64((uint64_t)req->tag | (uint64_t)req->gen << 16);
 	h.offset = htobe64(flush ? 0 : req->offset);
 	h.len = htobe32(flush ? 0 : req->len);
+	s.phase = P_SENT;
+	if (gather) {
+		nq->ring_tail++;
+		nq->run_owner = req->tag;
+		return;
+	}
 	struct member *m = add_member(req, MEMBER_SEND, nq->file);
 	m->stream = 1;
 	m->flags = MEMBER_F_TARGET_BUF;
@@ -971,7 +1015,6 @@ static void put_on_wire(struct nbd_q *nq, struct request *req)
 		m->len = req->len;
 	}
 	nq->wire += write ? 2 : 1;
-	s.phase = P_SENT;
 }
 
 /* Members a request may still need on one connection: the header and a payload (sent or received). */
@@ -1013,6 +1056,7 @@ static void conn_lost(struct tq *tq, struct nbd_q *nq, const std::string &why)
 	set_error(n, "queue " + std::to_string(tq->q_id) + ": " + why);
 	shutdown(c->fd, SHUT_RDWR);
 	nq->reply_got = 0;
+	nq->ring_tail = nq->open_at; /* a run not sent yet: its requests are resent or failed below */
 	if (n->reconnect > 0 && !nq->stopping) {
 		c->state = CONN_RECONNECTING;
 		for (struct slot &s : nq->slots)
@@ -1082,7 +1126,7 @@ static void on_installed(struct tq *tq, struct nbd_q *nq, int res)
 			finish_slot(tq, nq, tag, -EIO);
 			continue;
 		}
-		put_on_wire(nq, s.req);
+		put_on_wire(tq, nq, s.req);
 		request_run(tq, s.req);
 	}
 	arm_recv(tq, nq);
@@ -1255,6 +1299,8 @@ static enum member_fold nbd_on_member(struct tq *tq, struct request *req, unsign
 	nq->wire--;
 	if (m->kind == MEMBER_RECV)
 		nq->payload_busy = false;
+	if (m->kind == MEMBER_SEND && in_ring(nq, m->ptr))
+		nq->ring_head += m->len / sizeof(struct nbd_request); /* runs complete in stream order */
 	if (res == -ECANCELED) {
 		/* Only the engine cancels our members: the queue is draining. */
 		enter_stopping(nq);
@@ -1334,7 +1380,7 @@ static int nbd_queue_io(struct tq *tq, struct request *req)
 		nq->held++; /* else the engine let the last one go while draining */
 	s = {req, req->gen, P_QUEUED, cmd, cflags, nq->seq++, now_ms() + n->timeout_ms};
 	if (nq->c->state.load() == CONN_UP)
-		put_on_wire(nq, req); /* the engine issues what queue_io added */
+		put_on_wire(tq, nq, req); /* the engine issues what queue_io added */
 	return QUEUE_IO_PENDING;
 }
 
@@ -1356,6 +1402,7 @@ static int nbd_queue_init(struct tq *tq)
 	nq->c = n->conns[tq->q_id].get();
 	nq->file = (uint8_t)(tq->q_id + 1);
 	nq->hdr.resize(tq->depth);
+	nq->ring.resize(tq->depth);
 	nq->slots.assign(tq->depth, slot{});
 	nq->pending_fd = -1;
 	nq->timer_multishot = true;
@@ -1365,6 +1412,11 @@ static int nbd_queue_init(struct tq *tq)
 	arm_timer(tq, nq);
 	arm_recv(tq, nq);
 	return 0;
+}
+
+static void nbd_queue_idle(struct tq *tq)
+{
+	flush_run(tq, Q(tq));
 }
 
 static void nbd_queue_deinit(struct tq *tq)
@@ -1427,6 +1479,7 @@ static const struct target_ops nbd_target_ops = {
 	.queue_io = nbd_queue_io,
 	.on_member = nbd_on_member,
 	.on_cqe = nbd_on_cqe,
+	.queue_idle = nbd_queue_idle,
 	.queue_ops = 4, /* the reply receive, the timer, the reconnect wake-up, the socket swap */
 	.status = nbd_status,
 };
