@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { deleteDevice } from '../../src/lifecycle.js';
-import { cli, cliJson, delAll, fioInBackground, inflight, nothingLeft, scratch, serverPids, sh, sleep, type AddedDevice } from './helpers.js';
+import { cli, cliJson, delAll, fioInBackground, inflight, noMerges, nothingLeft, scratch, serverPids, sh, sleep, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
 
@@ -99,6 +99,7 @@ describe('teardown never strands a request', () => {
     const img = path.join(scratch('stall'), 'disk.img');
     const dev = cliJson<AddedDevice>('add', '--target', 'fault', '--over', 'file', '--file', img, '--size', '64M',
       '--stall-range', '1M:32M', '--queues', '1');
+    noMerges(dev.id);
     // Not sector 0 nor the end: the kernel's partition scan reads those and would stall first.
     const fio = fioInBackground(['--name=stall', `--filename=${dev.blockDevice}`, '--ioengine=io_uring', '--direct=1',
       '--rw=randread', '--bs=4k', '--iodepth=64', '--offset=1M', '--size=32M', '--time_based', '--runtime=120']);

@@ -69,6 +69,9 @@ export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** Reads and writes in flight on /dev/ublkbN, from the block layer. */
 export const inflight = (id: number) => fs.readFileSync(`/sys/block/ublkb${id}/inflight`, 'utf8').trim().split(/\s+/).map(Number);
 
+/** Turns off request merging, so N requests of fio stay N requests in flight (two adjacent random reads would merge). */
+export const noMerges = (id: number) => fs.writeFileSync(`/sys/block/ublkb${id}/queue/nomerges`, '2');
+
 /**
  * Starts fio in the background with its output collected. It is always killed when the test ends: a later
  * device may reuse the same /dev/ublkbN path, and a leaked fio would write into it.

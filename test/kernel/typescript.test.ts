@@ -7,7 +7,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { deleteDevice } from '../../src/lifecycle.js';
 import { readStats } from '../../src/state.js';
-import { cli, cliJson, delAll, fioInBackground, scratch, serverPids, sh, sleep, ublkDevices, type AddedDevice } from './helpers.js';
+import { cli, cliJson, delAll, fioInBackground, inflight, noMerges, scratch, serverPids, sh, sleep, ublkDevices, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
 
@@ -122,13 +122,13 @@ describe("a user's own TypeScript target", () => {
     expect(serverPids()).toContain(dev.pid);
     expect(sh(`dd if=${dev.blockDevice} bs=64k skip=64 count=4 iflag=direct status=none | wc -c`).trim()).toBe(String(4 * 65536));
     // A read whose handler never settles: del still returns at once and leaves nothing.
+    noMerges(dev.id);
     const stuck = fioInBackground(['--name=stuck', `--filename=${dev.blockDevice}`, '--ioengine=io_uring', '--direct=1',
       '--rw=randread', '--bs=4k', '--iodepth=8', '--offset=2M', '--size=1M', '--time_based', '--runtime=60']);
     // Delete only once fio's reads are held by the handler: a fio that opened the path after the delete
     // would make a regular file there.
-    const inflight = () => Number(fs.readFileSync(`/sys/block/${path.basename(dev.blockDevice)}/inflight`, 'utf8').trim().split(/\s+/)[0]);
-    for (let i = 0; i < 300 && inflight() < 8; i++) await sleep(100);
-    expect(inflight()).toBe(8);
+    for (let i = 0; i < 300 && inflight(dev.id)[0] < 8; i++) await sleep(100);
+    expect(inflight(dev.id)[0]).toBe(8);
     const t0 = Date.now();
     await deleteDevice(dev.id);
     expect(Date.now() - t0).toBeLessThan(5000);
