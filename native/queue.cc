@@ -98,20 +98,6 @@ struct io_uring_sqe *tq_sqe(struct tq *tq, struct request *req, uint64_t cookie)
 	return sqe;
 }
 
-struct io_uring_sqe *tq_sqe_after(struct tq *tq, struct request *req, unsigned idx, uint64_t cookie)
-{
-	struct io_uring *ring = &tq->q->ring;
-	const struct io_uring_sq *sq = &ring->sq;
-	/* Room for ours in this submission too: a link cut by a full SQ would let the two run at once. */
-	if (sq->sqe_tail == sq->sqe_head || io_uring_sq_space_left(ring) == 0)
-		return nullptr;
-	struct io_uring_sqe *prev = &sq->sqes[(sq->sqe_tail - 1) & sq->ring_mask];
-	if (prev->user_data != ud_make(req->tag, UD_MEMBER, idx))
-		return nullptr;
-	prev->flags |= IOSQE_IO_LINK;
-	return tq_sqe(tq, nullptr, cookie);
-}
-
 /* Drain: nothing is kept for later any more. What the target holds fails now, members it still waits on
  * are cancelled, and requests that arrive later are not held (handle_request). */
 static void drain(struct queue *q)

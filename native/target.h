@@ -181,12 +181,6 @@ void *request_buf(struct tq *tq, struct request *req);
 /* An SQE for the target's own operation; its CQE comes back through on_cqe with this cookie (at most
  * 8 bits with a request, 48 without). Bound to req when given: at most MAX_REQUEST_OPS in flight. */
 struct io_uring_sqe *tq_sqe(struct tq *tq, struct request *req, uint64_t cookie);
-/* As tq_sqe (queue-wide), but linked behind member idx of req, which request_run has just issued: the
- * operation starts only once that member has moved all its bytes, in the same submission. If the member
- * comes short or fails, the operation ends with -ECANCELED (the engine still continues the member). Null
- * when the member is not the last SQE waiting to be submitted (it waits for a lease or its stream, or has
- * gone to the kernel): the target issues its operation later, on the member's completion. */
-struct io_uring_sqe *tq_sqe_after(struct tq *tq, struct request *req, unsigned idx, uint64_t cookie);
 /* The queue cannot go on: every request it holds fails with EIO, new ones too, and the device stops. */
 void queue_fail(struct tq *tq, const std::string &why);
 /* A completion handed over from another thread. */

@@ -82,7 +82,7 @@ fio --name=o --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randwr
 del_under_load $id
 rm -f /tmp/asan-base.img /tmp/asan-overlay.map*
 echo "asan-check: the bridge served verify and a delete under load, copying and routing"
-# nbd: a read's payload received into the request's buffer with the next reply header linked behind it.
+# nbd: a read's payload received into the request's buffer, headers gathered into one send.
 nbdkit -f --exit-with-parent -U /tmp/asan-nbd.sock memory 256M &
 nbdkit_pid=$!
 for i in $(seq 50); do [ -S /tmp/asan-nbd.sock ] && break; sleep 0.1; done

@@ -85,23 +85,31 @@ if (wanted('overlay')) {
   devices.push({ name: `ublk-ts overlay unwritten, TypeScript (${o.mode})`, dev: o.blockDevice, key: 'overlay', readOnly: true, cleanup: () => ublk('del', '-n', String(o.id)) });
 }
 
-// nbd: the nbd target and the kernel's own NBD client (nbd-client) against the same nbdkit memory export, one
-// connection each (nbd-client's default; the target then serves one queue), the target in the default data
-// mode and in copy mode (the lease against the copy at 1M).
+// nbd: the nbd target and the kernel's own NBD client (nbd-client) against the same nbdkit memory export,
+// with one connection each (nbd-client's default; the target then serves one queue), the target in the
+// default data mode and in copy mode (the lease against the copy at 1M); then with two connections each
+// (the export offers multi-conn: the target serves a queue per connection, the kernel a hardware queue).
 let nbdkitPid;
 if (wanted('nbd'))
   try {
     sh('nbdkit -U /tmp/bench/nbd.sock -P /tmp/bench/nbdkit.pid memory 1G');
     nbdkitPid = sh('cat /tmp/bench/nbdkit.pid');
-    try {
-      sh('nbd-client -unix /tmp/bench/nbd.sock /dev/nbd0');
-      devices.push({ name: 'kernel nbd-client (1 connection)', dev: '/dev/nbd0', key: 'nbd-kernel', cleanup: () => sh('nbd-client -d /dev/nbd0') });
-    } catch {
-      console.error('bench: nbd-client not available (scripts/setup.sh installs it), row skipped');
-    }
-    for (const mode of ['auto', 'copy']) {
-      const d = ublk('add', '--target', 'nbd', '--socket', '/tmp/bench/nbd.sock', '--data-mode', mode, '--queues', '1');
-      devices.push({ name: `ublk-ts nbd ${d.mode}, 1 queue (send ${d.info.send})`, dev: d.blockDevice, key: `nbd-${mode}`, cleanup: () => ublk('del', '-n', String(d.id)) });
+    // Written once before anything is measured, so every device reads the same data, not holes.
+    sh('nbd-client -unix /tmp/bench/nbd.sock /dev/nbd0 && fio --name=fill --filename=/dev/nbd0 --ioengine=io_uring ' +
+      '--direct=1 --rw=write --bs=1M --iodepth=16 --size=448M --output-format=terse > /dev/null; nbd-client -d /dev/nbd0 || true');
+    for (const conns of [1, 2]) {
+      const nbd = `/dev/nbd${conns - 1}`;
+      const many = conns > 1 ? 's' : '';
+      try {
+        sh(`nbd-client -unix /tmp/bench/nbd.sock ${nbd} -connections ${conns}`);
+        devices.push({ name: `kernel nbd-client (${conns} connection${many})`, dev: nbd, key: `nbd-kernel-${conns}`, cleanup: () => sh(`nbd-client -d ${nbd}`) });
+      } catch {
+        console.error('bench: nbd-client not available (scripts/setup.sh installs it), row skipped');
+      }
+      for (const mode of conns === 1 ? ['auto', 'copy'] : ['auto']) {
+        const d = ublk('add', '--target', 'nbd', '--socket', '/tmp/bench/nbd.sock', '--data-mode', mode, '--queues', String(conns));
+        devices.push({ name: `ublk-ts nbd ${d.mode}, ${conns} queue${many} (send ${d.info.send})`, dev: d.blockDevice, key: `nbd-${mode}-${conns}`, cleanup: () => ublk('del', '-n', String(d.id)) });
+      }
     }
   } catch (e) {
     console.error(`bench: nbd rows skipped: ${e.message}`);
@@ -153,12 +161,15 @@ function ratio(a, b, i) {
   return x && y ? `${(x[JOBS[i].unit] / y[JOBS[i].unit]).toFixed(2)}×` : 'n/a';
 }
 
-/** The nbd target against the kernel's client (4k, same nbdkit) and its lease against its copy mode (1M). */
+/** The nbd target against the kernel's client (4k, same nbdkit, same connections) and its lease against its
+ * copy mode (1M). */
 function nbdRatios() {
-  if (!has('nbd-auto')) return [];
+  if (!has('nbd-auto-1')) return [];
+  const client = (c) =>
+    `4k randread ${ratio(`nbd-auto-${c}`, `nbd-kernel-${c}`, 0)}, 4k randwrite ${ratio(`nbd-auto-${c}`, `nbd-kernel-${c}`, 1)}`;
   return [
-    `nbd target / kernel nbd-client (same nbdkit memory export): 4k randread ${ratio('nbd-auto', 'nbd-kernel', 0)}, 4k randwrite ${ratio('nbd-auto', 'nbd-kernel', 1)}; ` +
-      `nbd target lease / copy mode: 1M seqread ${ratio('nbd-auto', 'nbd-copy', 2)}, 1M seqwrite ${ratio('nbd-auto', 'nbd-copy', 3)}`,
+    `nbd target / kernel nbd-client (same nbdkit memory export): 1 connection: ${client(1)}; 2 connections: ${client(2)} (bar ≥ 1.1×); ` +
+      `nbd target lease / copy mode: 1M seqread ${ratio('nbd-auto-1', 'nbd-copy-1', 2)}, 1M seqwrite ${ratio('nbd-auto-1', 'nbd-copy-1', 3)} (bar ≥ 1.2×)`,
     '',
   ];
 }

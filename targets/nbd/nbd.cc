@@ -12,8 +12,7 @@
  *              gathered into a run and sent as one member on the same stream.
  *   reply      one 16-byte receive of a simple reply header is kept in flight. Its cookie (tag | gen << 16)
  *              names the request; a READ's payload is then received straight into that request's leased
- *              buffer, and the next header's receive is linked behind it (tq_sqe_after): one submission
- *              takes both, and the byte stream is still read in order.
+ *              buffer, and only after that is the next header received, so the byte stream is read in order.
  *   loss       an unknown cookie, a bad magic, a failed send or receive, EOF or a request older than
  *              --timeout drops the connection (shutdown). Without --reconnect everything held and everything
  *              new fails with EIO. With it, a worker thread connects again with backoff (the queue thread
@@ -882,7 +881,7 @@ struct nbd_q {
 	unsigned wire;  /* our members in flight on the socket */
 	unsigned held;  /* slots in use */
 	uint32_t seq;
-	bool recv_armed, recv_linked, payload_busy, timer_armed, timer_multishot, ev_armed, fupd_busy, stopping;
+	bool recv_armed, timer_armed, timer_multishot, ev_armed, fupd_busy, stopping;
 	int pending_fd; /* a reconnected socket waiting until nothing of the old one is in flight */
 	int fupd_fd;    /* read by IORING_OP_FILES_UPDATE */
 	uint64_t ev_val;
@@ -894,33 +893,14 @@ static struct nbd_q *Q(struct tq *tq)
 	return static_cast<struct nbd_q *>(tq->priv);
 }
 
-static bool may_recv(const struct nbd_q *nq)
+static void arm_recv(struct tq *tq, struct nbd_q *nq)
 {
-	return !nq->recv_armed && !nq->stopping && nq->c->state.load() == CONN_UP;
-}
-
-static void prep_reply_recv(struct nbd_q *nq, struct io_uring_sqe *sqe)
-{
+	if (nq->recv_armed || nq->stopping || nq->c->state.load() != CONN_UP)
+		return;
+	struct io_uring_sqe *sqe = tq_sqe(tq, nullptr, OP_RECV);
 	io_uring_prep_recv(sqe, nq->file, (char *)&nq->reply + nq->reply_got, sizeof(nq->reply) - nq->reply_got, MSG_WAITALL);
 	sqe->flags |= IOSQE_FIXED_FILE;
 	nq->recv_armed = true;
-}
-
-static void arm_recv(struct tq *tq, struct nbd_q *nq)
-{
-	if (may_recv(nq))
-		prep_reply_recv(nq, tq_sqe(tq, nullptr, OP_RECV));
-}
-
-/* The next header's receive, linked behind the READ payload (member idx) just issued; if the engine
- * cannot link it, the payload's completion arms it. */
-static void arm_recv_after(struct tq *tq, struct nbd_q *nq, struct request *req, unsigned idx)
-{
-	struct io_uring_sqe *sqe = may_recv(nq) ? tq_sqe_after(tq, req, idx, OP_RECV) : nullptr;
-	if (!sqe)
-		return;
-	prep_reply_recv(nq, sqe);
-	nq->recv_linked = true;
 }
 
 static void arm_timer(struct tq *tq, struct nbd_q *nq)
@@ -1162,16 +1142,6 @@ static void on_event(struct tq *tq, struct nbd_q *nq, int res)
 static void on_reply(struct tq *tq, struct nbd_q *nq, int res)
 {
 	nq->recv_armed = false;
-	bool linked = nq->recv_linked;
-	nq->recv_linked = false;
-	if (linked && res == -ECANCELED) {
-		/* The payload ahead of it came short (the engine continues it) or failed: the header is
-		 * received once the payload is all in, whichever of the two completions comes last. */
-		if (!nq->payload_busy)
-			arm_recv(tq, nq);
-		try_install(tq, nq);
-		return;
-	}
 	if (res == -ECANCELED) {
 		enter_stopping(nq);
 		return;
@@ -1222,9 +1192,7 @@ static void on_reply(struct tq *tq, struct nbd_q *nq, int res)
 		m->len = s->req->len;
 		nq->wire++;
 		s->phase = P_PAYLOAD;
-		nq->payload_busy = true;
 		request_run(tq, s->req);
-		arm_recv_after(tq, nq, s->req, s->req->nr_members - 1);
 		return;
 	} else {
 		finish_slot(tq, nq, tag, 0);
@@ -1297,8 +1265,6 @@ static enum member_fold nbd_on_member(struct tq *tq, struct request *req, unsign
 	bool mine = s.phase != P_FREE && s.req == req && s.gen == req->gen;
 	enum member_fold fold = FOLD_DEFAULT;
 	nq->wire--;
-	if (m->kind == MEMBER_RECV)
-		nq->payload_busy = false;
 	if (m->kind == MEMBER_SEND && in_ring(nq, m->ptr))
 		nq->ring_head += m->len / sizeof(struct nbd_request); /* runs complete in stream order */
 	if (res == -ECANCELED) {
