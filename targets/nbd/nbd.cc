@@ -914,6 +914,18 @@ static void arm_timer(struct tq *tq, struct nbd_q *nq)
 	nq->timer_armed = true;
 }
 
+/* A send of headers from our own memory, on stream 1. */
+static struct member *send_headers(struct nbd_q *nq, struct request *req, void *p, uint32_t len)
+{
+	struct member *m = add_member(req, MEMBER_SEND, nq->file);
+	m->stream = 1;
+	m->flags = MEMBER_F_TARGET_BUF;
+	m->ptr = p;
+	m->len = len;
+	nq->wire++;
+	return m;
+}
+
 /* The gathered run goes on the wire: one send of its headers, a member of its last request. */
 static void flush_run(struct tq *tq, struct nbd_q *nq)
 {
@@ -921,12 +933,7 @@ static void flush_run(struct tq *tq, struct nbd_q *nq)
 	if (n == 0)
 		return;
 	struct request *req = nq->slots[nq->run_owner].req;
-	struct member *m = add_member(req, MEMBER_SEND, nq->file);
-	m->stream = 1;
-	m->flags = MEMBER_F_TARGET_BUF;
-	m->ptr = &nq->ring[nq->open_at % nq->ring.size()];
-	m->len = n * sizeof(struct nbd_request);
-	nq->wire++;
+	send_headers(nq, req, &nq->ring[nq->open_at % nq->ring.size()], n * sizeof(struct nbd_request));
 	nq->open_at = nq->ring_tail;
 	request_run(tq, req);
 }
@@ -964,12 +971,10 @@ static void put_on_wire(struct tq *tq, struct nbd_q *nq, struct request *req)
 	struct slot &s = nq->slots[req->tag];
 	bool write = s.cmd == NBD_CMD_WRITE, flush = s.cmd == NBD_CMD_FLUSH;
 	uint32_t size = nq->ring.size();
-	/* A run never wraps: the ring's end closes it. */
-	if (!write && nq->ring_tail % size == 0)
-		flush_run(tq, nq);
 	bool gather = !write && nq->ring_tail - nq->ring_head < size;
-	if (!gather)
-		flush_run(tq, nq); /* what was gathered goes first */
+	/* What was gathered goes before a header that is not; and a run never wraps: the ring's end closes it. */
+	if (!gather || nq->ring_tail % size == 0)
+		flush_run(tq, nq);
 	struct nbd_request &h = gather ? nq->ring[nq->ring_tail % size] : nq->hdr[req->tag];
 	h.magic = htobe32(NBD_REQUEST_MAGIC);
 	h.flags = htobe16(s.cflags);
@@ -983,18 +988,14 @@ static void put_on_wire(struct tq *tq, struct nbd_q *nq, struct request *req)
 		nq->run_owner = req->tag;
 		return;
 	}
-	struct member *m = add_member(req, MEMBER_SEND, nq->file);
-	m->stream = 1;
-	m->flags = MEMBER_F_TARGET_BUF;
-	m->ptr = &h;
-	m->len = sizeof(h);
+	struct member *m = send_headers(nq, req, &h, sizeof(h));
 	m->rw_flags = write ? MSG_MORE : 0; /* the payload follows at once: one segment, not two */
 	if (write) {
 		m = add_member(req, nq->n->send == SEND_ZC ? MEMBER_SEND_ZC : MEMBER_SEND, nq->file);
 		m->stream = 1;
 		m->len = req->len;
+		nq->wire++;
 	}
-	nq->wire += write ? 2 : 1;
 }
 
 /* Members a request may still need on one connection: the header and a payload (sent or received). */
