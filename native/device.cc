@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -59,6 +60,8 @@ std::string device_start(struct device *d)
 	for (auto &qu : d->queues) {
 		struct queue *q = qu.get();
 		q->thread = std::thread([q, d] {
+			/* A name `top -H` and `ps -L` show: the queue each thread serves. */
+			pthread_setname_np(pthread_self(), ("ublk-q" + std::to_string(q->q_id)).c_str());
 			queue_run(q, [d] {
 				std::lock_guard<std::mutex> g(d->lock);
 				d->nr_ready++;
