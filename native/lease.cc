@@ -5,8 +5,7 @@
  *             (lease mode; in auto-lease mode the driver did it before the request reached us)
  *   members   the target's backend operations on the leased slot (READ_FIXED / WRITE_FIXED, fixed-buffer
  *             send and receive, SEND_ZC): parallel and unlinked, or in order on a stream (a header, then
- *             its payload, on one socket): what a stream gathered in one pass of the queue loop goes out
- *             as one linked chain
+ *             its payload, on one socket)
  *   fold      short transfers are continued; the target's on_member hook may ignore or retry a member;
  *             otherwise the first error wins, and a READ/WRITE succeeds only if its members covered it
  *   hand-back once every member, every zero-copy notification and the target's hold are done:
@@ -121,7 +120,7 @@ static struct io_uring_sqe *prep_lease_cmd(struct queue *q, struct io *io, uint3
 	return sqe;
 }
 
-static struct io_uring_sqe *submit_member(struct queue *q, struct io *io, unsigned i)
+static void submit_member(struct queue *q, struct io *io, unsigned i)
 {
 	const struct member *m = &io->req.members[i];
 	uint32_t done = io->ms[i].done, len = m->len - done;
@@ -156,11 +155,10 @@ static struct io_uring_sqe *submit_member(struct queue *q, struct io *io, unsign
 	}
 	case MEMBER_SEND:
 	case MEMBER_SEND_ZC:
-		/* On a stream, all or nothing: a short send ends its chain instead of letting the next member go. */
 		if (m->kind == MEMBER_SEND_ZC)
-			io_uring_prep_send_zc(sqe, m->file, p, len, MSG_NOSIGNAL | (m->stream ? MSG_WAITALL : 0) | m->rw_flags, 0);
+			io_uring_prep_send_zc(sqe, m->file, p, len, MSG_NOSIGNAL | m->rw_flags, 0);
 		else
-			io_uring_prep_send(sqe, m->file, p, len, MSG_NOSIGNAL | (m->stream ? MSG_WAITALL : 0) | m->rw_flags);
+			io_uring_prep_send(sqe, m->file, p, len, MSG_NOSIGNAL | m->rw_flags);
 		if (fixed) {
 			sqe->ioprio |= IORING_RECVSEND_FIXED_BUF;
 			sqe->buf_index = slot;
@@ -176,7 +174,6 @@ static struct io_uring_sqe *submit_member(struct queue *q, struct io *io, unsign
 	sqe->flags |= IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data64(sqe, ud_make(io->req.tag, UD_MEMBER, i));
 	io->ms[i].busy = true;
-	return sqe;
 }
 
 static uint32_t stream_key(const struct io *io, unsigned i)
@@ -187,42 +184,24 @@ static uint32_t stream_key(const struct io *io, unsigned i)
 static void maybe_finish(struct queue *q, struct io *io);
 static void fail(struct io *io, int32_t err);
 
-/* Once nothing of a stream is in flight, its queued members go out as one chain, linked in order: the
- * kernel issues each when the one before it is done, with no trip through this thread in between. A chain
- * never outgrows the SQ's free space, so no submit can cut it in two. While draining, queued members are
- * failed instead: behind a stuck head, nothing more goes out on that stream. */
+/* Issue the head of a stream if nothing of it is in flight. While draining, queued members are failed
+ * instead: behind a stuck head, nothing more goes out on that stream. */
 static void stream_kick(struct queue *q, struct stream *s)
 {
-	if (s->issued)
-		return;
-	unsigned room = io_uring_sq_space_left(&q->ring);
-	if (room == 0) {
-		io_uring_submit(&q->ring);
-		room = io_uring_sq_space_left(&q->ring);
-	}
-	struct io_uring_sqe *prev = nullptr;
-	struct member_state *prev_ms = nullptr;
-	for (uint32_t key = s->head; key != STREAM_END && (q->draining || s->issued < room);) {
-		struct io *io = &q->ios[key >> 8];
-		unsigned i = key & 0xff;
-		key = io->ms[i].next;
-		if (q->draining) {
-			s->head = key;
-			if (s->head == STREAM_END)
-				s->tail = STREAM_END;
-			fail(io, -EIO);
-			io->inflight--;
-			maybe_finish(q, io);
-			continue;
+	while (!s->busy && s->head != STREAM_END) {
+		struct io *io = &q->ios[s->head >> 8];
+		unsigned i = s->head & 0xff;
+		if (!q->draining) {
+			s->busy = true;
+			submit_member(q, io, i);
+			return;
 		}
-		if (prev) {
-			prev->flags |= IOSQE_IO_LINK;
-			prev_ms->link_out = true;
-			io->ms[i].linked = true;
-		}
-		prev = submit_member(q, io, i);
-		prev_ms = &io->ms[i];
-		s->issued++;
+		s->head = io->ms[i].next;
+		if (s->head == STREAM_END)
+			s->tail = STREAM_END;
+		fail(io, -EIO);
+		io->inflight--;
+		maybe_finish(q, io);
 	}
 }
 
@@ -236,28 +215,18 @@ static void stream_push(struct queue *q, struct io *io, unsigned i)
 	else
 		q->ios[s->tail >> 8].ms[s->tail & 0xff].next = key;
 	s->tail = key;
-	if (q->draining)
-		stream_kick(q, s);
+	stream_kick(q, s);
 }
 
-/* The stream's head member is done: the chain is one shorter. */
+/* The stream's head member is done: the next one may go. */
 static void stream_pop(struct queue *q, struct io *io, unsigned i)
 {
 	struct stream *s = &q->streams[io->req.members[i].stream % MAX_STREAMS];
 	s->head = io->ms[i].next;
 	if (s->head == STREAM_END)
 		s->tail = STREAM_END;
-	s->issued--;
-	if (q->draining)
-		stream_kick(q, s);
-}
-
-/* End of a pass of the queue loop: what each stream gathered goes out. */
-void lease_flush_streams(struct queue *q)
-{
-	for (struct stream &s : q->streams)
-		if (s.head != STREAM_END)
-			stream_kick(q, &s);
+	s->busy = false;
+	stream_kick(q, s);
 }
 
 /* A member moved all its bytes: add its range to what the request's members have covered. Kept as
@@ -448,11 +417,7 @@ void lease_on_member(struct queue *q, struct io *io, unsigned i, const struct io
 	/* A zero-copy send's result: its notification is still to come and keeps the member counted. */
 	bool more = cqe->flags & IORING_CQE_F_MORE;
 	ms->busy = false;
-	if (res == -ECANCELED && ms->linked && !q->draining)
-		res = -EPIPE; /* not a cancel of ours: the member before it on its stream failed, and the chain with it */
-	if (is_transfer(m->kind) && res > 0 && ms->done + res < m->len && ms->link_out)
-		res = -EPIPE; /* short with more of its stream already behind it: those bytes cannot follow on */
-	else if (is_transfer(m->kind) && res > 0 && ms->done + res < m->len) {
+	if (is_transfer(m->kind) && res > 0 && ms->done + res < m->len) {
 		/* A short transfer is not the whole transfer: continue where it stopped, before anything
 		 * else on its stream. */
 		ms->done += res;
@@ -470,8 +435,8 @@ void lease_on_member(struct queue *q, struct io *io, unsigned i, const struct io
 	enum member_fold f = q->dev->tgt.ops->on_member ? q->dev->tgt.ops->on_member(&q->tq, &io->req, i, res) : FOLD_DEFAULT;
 	if (f != FOLD_IGNORE && full)
 		cover(io, start, end);
-	if (f == FOLD_RETRY && (q->draining || ms->link_out))
-		fail(io, -EIO); /* stopping, or its stream went on behind it: the piece or leg asked for is not issued */
+	if (f == FOLD_RETRY && q->draining)
+		fail(io, -EIO); /* stopping: the piece or leg the target asked for is not issued */
 	else if (f == FOLD_RETRY) {
 		bump(q->stats.retries);
 		ms->done = 0;

@@ -408,7 +408,7 @@ static int setup_ios(struct queue *q)
 	q->remote_taken.reserve(dev->depth);
 	q->backlog_head = q->backlog_tail = NO_TAG;
 	for (struct stream &s : q->streams)
-		s = {STREAM_END, STREAM_END, 0};
+		s = {STREAM_END, STREAM_END, false};
 	for (uint16_t tag = 0; tag < dev->depth; tag++) {
 		struct io *io = &q->ios[tag];
 		*io = {};
@@ -546,7 +546,6 @@ void queue_run(struct queue *q, const std::function<void()> &ready)
 			start_backlog(q);
 		if (q->dev->tgt.ops->queue_idle)
 			q->dev->tgt.ops->queue_idle(&q->tq);
-		lease_flush_streams(q);
 	}
 	/* Submit the last commits so the kernel can complete them before the ring goes. */
 	io_uring_submit(&q->ring);

@@ -34,8 +34,6 @@ struct member_state {
 	uint32_t done;      /* bytes moved so far */
 	uint32_t next;      /* next in its stream: tag << 8 | index, or STREAM_END */
 	bool busy;          /* an SQE of it is in flight (for cancellation at drain) */
-	bool linked;        /* issued linked behind another member of its stream */
-	bool link_out;      /* a member of its stream is linked behind it */
 };
 #define STREAM_END 0xffffffffu
 
@@ -66,8 +64,8 @@ struct io {
 };
 
 struct stream {
-	uint32_t head, tail; /* tag << 8 | index of its members, in flight first, STREAM_END when empty */
-	uint16_t issued;     /* members from head on that are in flight, as one linked chain */
+	uint32_t head, tail; /* tag << 8 | index of queued members, STREAM_END when empty */
+	bool busy;           /* the head member is in flight */
 };
 
 /* Counters for `stats`: written by the queue thread alone, read from JavaScript. Relaxed atomics with a
@@ -146,4 +144,3 @@ void lease_release(struct queue *q, struct io *io, int32_t result);
 void lease_on_leader(struct queue *q, struct io *io, int res);
 void lease_on_member(struct queue *q, struct io *io, unsigned m, const struct io_uring_cqe *cqe);
 void lease_cancel_members(struct queue *q, struct io *io);
-void lease_flush_streams(struct queue *q);

@@ -42,8 +42,7 @@ enum member_kind : uint8_t {
 struct member {
 	enum member_kind kind;
 	uint8_t file;      /* fixed-file index; 0 is /dev/ublkcN, targets use 1.. */
-	uint8_t stream;    /* 0: parallel, unlinked; n: in order on the queue's stream n, each issued when the one
-	                    * before it is done (a linked chain); one cut short with more behind it fails */
+	uint8_t stream;    /* 0: parallel, unlinked; n: issued one at a time, in order, on the queue's stream n */
 	uint8_t flags;     /* MEMBER_F_* */
 	uint32_t rw_flags; /* RWF_* for reads and writes (RWF_DSYNC for FUA), MSG_* for sends */
 	uint32_t mode;     /* fallocate mode */
