@@ -1,5 +1,6 @@
 // stats on the real driver: during fio, the IOPS it reports are fio's own (within 10 %, over the same
-// window), its server counters move, and --watch prints lines when piped and redraws on a terminal.
+// window), its server counters move, and --watch prints lines when piped and redraws on a terminal; and
+// the server's queue threads carry their queue's name, for top -H and ps -L.
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -97,5 +98,12 @@ describe('stats', () => {
     const tty = sh(`script -qec '${process.execPath} ${CLI} stats --watch 0.5 --count 2' /dev/null`);
     expect(tty.split('\x1b[H\x1b[2J')).toHaveLength(3);
     expect(tty).toContain(`ublkb${dev.id}`);
+  });
+
+  it('each queue thread is named ublk-qN', () => {
+    const dev = cliJson<AddedDevice>('add', '--target', 'null', '--size', '1G', '--queues', '2');
+    const task = `/proc/${dev.pid}/task`;
+    const names = fs.readdirSync(task).map((t) => fs.readFileSync(path.join(task, t, 'comm'), 'utf8').trim());
+    expect(names.filter((n) => n.startsWith('ublk-q')).sort()).toEqual(['ublk-q0', 'ublk-q1']);
   });
 });
