@@ -103,8 +103,8 @@ if (wanted('nbd'))
       try {
         sh(`nbd-client -unix /tmp/bench/nbd.sock ${nbd} -connections ${conns}`);
         devices.push({ name: `kernel nbd-client (${conns} connection${many})`, dev: nbd, key: `nbd-kernel-${conns}`, cleanup: () => sh(`nbd-client -d ${nbd}`) });
-      } catch {
-        console.error('bench: nbd-client not available (scripts/setup.sh installs it), row skipped');
+      } catch (e) {
+        console.error(`bench: nbd-client with ${conns} connection${many} failed, row skipped: ${e.message}`);
       }
       for (const mode of conns === 1 ? ['auto', 'copy'] : ['auto']) {
         const d = ublk('add', '--target', 'nbd', '--socket', '/tmp/bench/nbd.sock', '--data-mode', mode, '--queues', String(conns));
