@@ -10,17 +10,17 @@ cd "$(dirname "$0")/.."
 export UBLK_TS_STATE_DIR=${UBLK_TS_STATE_DIR:-/tmp/ublk-ts-cost}
 runtime=${RUNTIME:-4}
 work=$(mktemp -d)
-nbdkit -U "$work/nbd.sock" -P "$work/nbdkit.pid" memory 1G
-for _ in $(seq 50); do [ -S "$work/nbd.sock" ] && break; sleep 0.1; done
-modprobe -d "$UBLK_TS_KMOD_DIR" nbd 2>/dev/null || true
-nbd-client -unix "$work/nbd.sock" /dev/nbd0 >/dev/null 2>&1
 cleanup() {
   [ -z "${id:-}" ] || node dist/ublk-ts.mjs del -n "$id" >/dev/null 2>&1 || true
   nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true
-  kill "$(cat "$work/nbdkit.pid")" 2>/dev/null || true
+  [ ! -f "$work/nbdkit.pid" ] || kill "$(cat "$work/nbdkit.pid")" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
+# nbdkit goes into the background once its socket listens.
+nbdkit -U "$work/nbd.sock" -P "$work/nbdkit.pid" memory 1G
+modprobe -d "$UBLK_TS_KMOD_DIR" nbd 2>/dev/null || true
+nbd-client -unix "$work/nbd.sock" /dev/nbd0 >/dev/null 2>&1
 # Written once, so reads return data rather than holes.
 fio --name=fill --filename=/dev/nbd0 --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=8 --size=448M \
   --output-format=terse >/dev/null

@@ -64,6 +64,11 @@ async function server(cmd: string, args: string[], sock: string): Promise<ChildP
 
 const nbdkit = (sock: string, ...args: string[]) => server('nbdkit', ['-f', '--exit-with-parent', '-U', sock, ...args], sock);
 
+/** qemu-nbd serving a new qcow2 image of `size` in `dir` (`extra`: e.g. an export name). */
+function qemuNbd(dir: string, sock: string, size: string, extra: string[] = []): Promise<ChildProcess> {
+  sh(`qemu-img create -q -f qcow2 ${dir}/disk.qcow2 ${size}`);
+  return server('qemu-nbd', ['-t', '-k', sock, '-f', 'qcow2', ...extra, `${dir}/disk.qcow2`], sock);
+}
 
 describe('nbd over nbdkit memory', () => {
   it('negotiates the export (size, flags, block sizes) and shows the connection in list --json', async () => {
@@ -108,10 +113,7 @@ const exports512 = [
   { server: 'nbdkit memory', start: (_dir: string, sock: string) => nbdkit(sock, 'memory', '512M') },
   {
     server: 'qemu-nbd qcow2',
-    start: (dir: string, sock: string) => {
-      sh(`qemu-img create -q -f qcow2 ${dir}/disk.qcow2 512M`);
-      return server('qemu-nbd', ['-t', '-k', sock, '-f', 'qcow2', `${dir}/disk.qcow2`], sock);
-    },
+    start: (dir: string, sock: string) => qemuNbd(dir, sock, '512M'),
   },
 ];
 
@@ -148,8 +150,7 @@ describe('connections', () => {
   it('an export without NBD_FLAG_CAN_MULTI_CONN refuses --queues 2 in one line and leaves no device', async () => {
     const dir = scratch('nbd-single');
     const sock = path.join(dir, 'nbd.sock');
-    sh(`qemu-img create -q -f qcow2 ${dir}/disk.qcow2 64M`);
-    await server('qemu-nbd', ['-t', '-k', sock, '-f', 'qcow2', `${dir}/disk.qcow2`], sock);
+    await qemuNbd(dir, sock, '64M');
     const r = cli('add', '--target', 'nbd', '--socket', sock, '--queues', '2');
     expect(r.status).not.toBe(0);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
@@ -162,8 +163,7 @@ describe('nbd over qemu-nbd', () => {
   it('serves a qcow2 image: fio verify=crc32c with zero errors', async () => {
     const dir = scratch('nbd-qemu');
     const sock = path.join(dir, 'nbd.sock');
-    sh(`qemu-img create -q -f qcow2 ${dir}/disk.qcow2 256M`);
-    await server('qemu-nbd', ['-t', '-k', sock, '-f', 'qcow2', '-x', 'disk', `${dir}/disk.qcow2`], sock);
+    await qemuNbd(dir, sock, '256M', ['-x', 'disk']);
     const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--export', 'disk', '--queues', '1');
     expect(dev.size).toBe(256 << 20);
     fioVerify(dev.blockDevice, 32);
