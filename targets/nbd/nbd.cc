@@ -2,10 +2,9 @@
  * nbd: a ublk device in front of an NBD server (nbdkit, qemu-nbd, nbd-server), speaking the transmission
  * phase of the protocol (doc/proto.md of NetworkBlockDevice/nbd) on the queue rings.
  *
- *   init       on libuv's pool: resolve the endpoint, then for each connection a blocking fixed-newstyle
- *              handshake bounded by --timeout (NBD_OPT_GO asking for NBD_INFO_BLOCK_SIZE, NBD_OPT_EXPORT_NAME
- *              for servers without it). The sockets become fixed files 1..n: one per queue when the server
- *              sets NBD_FLAG_CAN_MULTI_CONN, else one and a single queue.
+ *   init       on libuv's pool: for each connection a blocking handshake bounded by --timeout (handshake.cc).
+ *              The sockets become fixed files 1..n: one per queue when the server sets
+ *              NBD_FLAG_CAN_MULTI_CONN, else one and a single queue.
  *   request    the 28-byte request header from per-tag target memory, then a WRITE's payload straight from
  *              the leased buffer, both on stream 1 of the queue, so no other request's bytes come between.
  *              Headers without a payload (read, flush, trim, write-zeroes) that arrive in one batch are
@@ -26,18 +25,11 @@
  */
 #include <endian.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -48,78 +40,13 @@
 #include <mutex>
 #include <string>
 #include <thread>
-#include <vector>
 
-#include "../../native/target.h"
+#include "nbd.h"
 #include "../../native/uring_compat.h"
 
 #ifndef IORING_TIMEOUT_MULTISHOT
 #define IORING_TIMEOUT_MULTISHOT (1U << 6) /* 6.4+ */
 #endif
-
-/* ---- protocol constants (doc/proto.md) ---- */
-#define NBD_MAGIC 0x4e42444d41474943ull      /* "NBDMAGIC" */
-#define NBD_OPTS_MAGIC 0x49484156454f5054ull /* "IHAVEOPT" */
-#define NBD_CLISERV_MAGIC 0x00420281861253ull /* oldstyle */
-#define NBD_REP_MAGIC 0x3e889045565a9ull
-#define NBD_REQUEST_MAGIC 0x25609513u
-#define NBD_SIMPLE_REPLY_MAGIC 0x67446698u
-#define NBD_STRUCTURED_REPLY_MAGIC 0x668e33efu
-
-#define NBD_FLAG_FIXED_NEWSTYLE 1
-#define NBD_FLAG_NO_ZEROES 2
-#define NBD_FLAG_C_FIXED_NEWSTYLE 1
-#define NBD_FLAG_C_NO_ZEROES 2
-
-#define NBD_OPT_EXPORT_NAME 1
-#define NBD_OPT_GO 7
-#define NBD_REP_ACK 1
-#define NBD_REP_INFO 3
-#define NBD_REP_FLAG_ERROR (1u << 31)
-#define NBD_REP_ERR_UNSUP (NBD_REP_FLAG_ERROR | 1)
-#define NBD_REP_ERR_POLICY (NBD_REP_FLAG_ERROR | 2)
-#define NBD_REP_ERR_TLS_REQD (NBD_REP_FLAG_ERROR | 5)
-#define NBD_REP_ERR_UNKNOWN (NBD_REP_FLAG_ERROR | 6)
-#define NBD_REP_ERR_SHUTDOWN (NBD_REP_FLAG_ERROR | 7)
-#define NBD_INFO_EXPORT 0
-#define NBD_INFO_BLOCK_SIZE 3
-
-#define NBD_FLAG_HAS_FLAGS (1 << 0)
-#define NBD_FLAG_READ_ONLY (1 << 1)
-#define NBD_FLAG_SEND_FLUSH (1 << 2)
-#define NBD_FLAG_SEND_FUA (1 << 3)
-#define NBD_FLAG_ROTATIONAL (1 << 4)
-#define NBD_FLAG_SEND_TRIM (1 << 5)
-#define NBD_FLAG_SEND_WRITE_ZEROES (1 << 6)
-#define NBD_FLAG_CAN_MULTI_CONN (1 << 8)
-
-#define NBD_CMD_READ 0
-#define NBD_CMD_WRITE 1
-#define NBD_CMD_DISC 2
-#define NBD_CMD_FLUSH 3
-#define NBD_CMD_TRIM 4
-#define NBD_CMD_WRITE_ZEROES 6
-#define NBD_CMD_FLAG_FUA (1 << 0)
-#define NBD_CMD_FLAG_NO_HOLE (1 << 1)
-
-#define NBD_ESHUTDOWN 108
-
-struct __attribute__((packed)) nbd_request {
-	uint32_t magic;
-	uint16_t flags;
-	uint16_t type;
-	uint64_t cookie;
-	uint64_t offset;
-	uint32_t len;
-};
-static_assert(sizeof(struct nbd_request) == 28, "NBD request header is 28 bytes");
-
-struct __attribute__((packed)) nbd_simple_reply {
-	uint32_t magic;
-	uint32_t error;
-	uint64_t cookie;
-};
-static_assert(sizeof(struct nbd_simple_reply) == 16, "NBD simple reply is 16 bytes");
 
 /* ---- target state ---- */
 
@@ -127,18 +54,6 @@ enum send_mode { SEND_FIXED, SEND_ZC, SEND_COPY };
 static const char *const send_names[] = {"fixed", "zc", "copy"};
 
 enum conn_state { CONN_UP, CONN_RECONNECTING, CONN_DEAD };
-
-struct export_info {
-	uint64_t size;
-	uint16_t flags;
-	uint32_t min_block, pref_block, max_payload;
-	bool go; /* NBD_OPT_GO answered (else the NBD_OPT_EXPORT_NAME fallback) */
-};
-
-struct address {
-	struct sockaddr_storage sa;
-	socklen_t len;
-};
 
 /* One connection, used by one queue. `fd` is replaced by that queue's thread on reconnect and closed at
  * deinit, after every queue thread has ended. */
@@ -153,11 +68,7 @@ struct conn {
 };
 
 struct nbd {
-	std::string endpoint; /* as shown: unix:/path or host:port */
-	std::string export_name;
-	bool tcp = false;
-	std::vector<struct address> addrs;
-	int64_t timeout_ms = 30000;
+	struct server srv;
 	unsigned reconnect = 0;
 	enum send_mode send = SEND_FIXED;
 	struct export_info ei {};
@@ -175,56 +86,6 @@ struct nbd {
 
 /* ---- small helpers ---- */
 
-static int64_t now_ms()
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-	uint16_t v;
-	memcpy(&v, p, 2);
-	return be16toh(v);
-}
-static uint32_t get32(const uint8_t *p)
-{
-	uint32_t v;
-	memcpy(&v, p, 4);
-	return be32toh(v);
-}
-static uint64_t get64(const uint8_t *p)
-{
-	uint64_t v;
-	memcpy(&v, p, 8);
-	return be64toh(v);
-}
-static void put16(std::string &s, uint16_t v)
-{
-	v = htobe16(v);
-	s.append((const char *)&v, 2);
-}
-static void put32(std::string &s, uint32_t v)
-{
-	v = htobe32(v);
-	s.append((const char *)&v, 4);
-}
-static void put64(std::string &s, uint64_t v)
-{
-	v = htobe64(v);
-	s.append((const char *)&v, 8);
-}
-
-/* A server's message, made safe for one line of JSON and a terminal. */
-static std::string printable(const uint8_t *p, size_t n)
-{
-	std::string s;
-	for (size_t i = 0; i < n && s.size() < 200; i++)
-		s += (p[i] >= 0x20 && p[i] < 0x7f) ? (char)p[i] : ' ';
-	return s;
-}
-
 static std::string json_str(const std::string &s)
 {
 	std::string o = "\"";
@@ -241,11 +102,6 @@ static std::string json_str(const std::string &s)
 		}
 	}
 	return o + "\"";
-}
-
-static bool pow2(uint32_t v)
-{
-	return v && !(v & (v - 1));
 }
 
 /* NBD error values are their Linux errno; anything else counts as NBD_EINVAL, as the protocol says. */
@@ -273,315 +129,6 @@ static int nbd_errno(uint32_t e)
 	}
 }
 
-/* ---- the handshake: blocking, off the queue threads (init on libuv's pool, or the reconnect worker) ---- */
-
-/* A socket being negotiated: every wait is bounded by the deadline and broken by the cancel fd. */
-struct chan {
-	int fd;
-	int cancel;
-	int64_t deadline;
-};
-
-static int chan_wait(struct chan &c, short events)
-{
-	for (;;) {
-		int64_t left = c.deadline - now_ms();
-		if (left <= 0)
-			return -ETIMEDOUT;
-		struct pollfd p[2] = {{c.fd, events, 0}, {c.cancel, POLLIN, 0}};
-		int n = poll(p, c.cancel >= 0 ? 2 : 1, (int)std::min<int64_t>(left, INT_MAX));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -ETIMEDOUT;
-		if (c.cancel >= 0 && p[1].revents)
-			return -ECANCELED;
-		return 0; /* ready, or an error the next call reports */
-	}
-}
-
-static int chan_read(struct chan &c, void *buf, size_t len)
-{
-	size_t done = 0;
-	while (done < len) {
-		ssize_t n = recv(c.fd, (char *)buf + done, len - done, MSG_DONTWAIT);
-		if (n > 0) {
-			done += n;
-			continue;
-		}
-		if (n == 0)
-			return -ECONNRESET; /* the server hung up */
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN && errno != EWOULDBLOCK)
-			return -errno;
-		int r = chan_wait(c, POLLIN);
-		if (r < 0)
-			return r;
-	}
-	return 0;
-}
-
-static int chan_write(struct chan &c, const void *buf, size_t len)
-{
-	size_t done = 0;
-	while (done < len) {
-		ssize_t n = send(c.fd, (const char *)buf + done, len - done, MSG_DONTWAIT | MSG_NOSIGNAL);
-		if (n >= 0) {
-			done += n;
-			continue;
-		}
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN && errno != EWOULDBLOCK)
-			return -errno;
-		int r = chan_wait(c, POLLOUT);
-		if (r < 0)
-			return r;
-	}
-	return 0;
-}
-
-static int connect_one(const struct address &a, struct chan &c)
-{
-	int fd = socket(a.sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	if (connect(fd, (const struct sockaddr *)&a.sa, a.len) < 0) {
-		if (errno != EINPROGRESS && errno != EINTR) {
-			int e = errno;
-			close(fd);
-			return -e;
-		}
-		c.fd = fd;
-		int r = chan_wait(c, POLLOUT);
-		int err = 0;
-		socklen_t l = sizeof(err);
-		if (r == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l) < 0)
-			err = errno;
-		if (r == 0)
-			r = -err;
-		if (r < 0) {
-			close(fd);
-			return r;
-		}
-	}
-	return fd;
-}
-
-static std::string io_failure(const char *what, int r)
-{
-	if (r == -ECONNRESET)
-		return std::string("the server closed the connection ") + what;
-	if (r == -ETIMEDOUT)
-		return std::string("no answer ") + what + " within --timeout";
-	return std::string(what) + ": " + strerror(-r);
-}
-
-static int send_option(struct chan &c, uint32_t opt, const std::string &data)
-{
-	std::string m;
-	put64(m, NBD_OPTS_MAGIC);
-	put32(m, opt);
-	put32(m, (uint32_t)data.size());
-	m += data;
-	return chan_write(c, m.data(), m.size());
-}
-
-/* NBD_OPT_GO with NBD_INFO_BLOCK_SIZE. Returns 0, -EOPNOTSUPP when the server does not know the option
- * (the caller falls back to NBD_OPT_EXPORT_NAME), or -errno with *why. */
-static int opt_go(struct chan &c, const std::string &name, struct export_info *ei, std::string *why)
-{
-	std::string d;
-	put32(d, (uint32_t)name.size());
-	d += name;
-	put16(d, 1);
-	put16(d, NBD_INFO_BLOCK_SIZE);
-	int r = send_option(c, NBD_OPT_GO, d);
-	if (r < 0) {
-		*why = io_failure("sending NBD_OPT_GO", r);
-		return r;
-	}
-	bool have_export = false;
-	for (;;) {
-		uint8_t h[20];
-		r = chan_read(c, h, sizeof(h));
-		if (r < 0) {
-			*why = io_failure("in answer to NBD_OPT_GO", r);
-			return r;
-		}
-		uint32_t type = get32(h + 12), len = get32(h + 16);
-		if (get64(h) != NBD_REP_MAGIC || get32(h + 8) != NBD_OPT_GO || len > 65536) {
-			*why = "a malformed answer to NBD_OPT_GO";
-			return -EPROTO;
-		}
-		std::vector<uint8_t> p(len);
-		r = chan_read(c, p.data(), len);
-		if (r < 0) {
-			*why = io_failure("in answer to NBD_OPT_GO", r);
-			return r;
-		}
-		if (type == NBD_REP_ACK) {
-			if (!have_export) {
-				*why = "NBD_OPT_GO succeeded without NBD_INFO_EXPORT";
-				return -EPROTO;
-			}
-			ei->go = true;
-			return 0;
-		}
-		if (type == NBD_REP_INFO) {
-			uint16_t it = len >= 2 ? get16(p.data()) : 0xffff;
-			if (it == NBD_INFO_EXPORT && len == 12) {
-				ei->size = get64(p.data() + 2);
-				ei->flags = get16(p.data() + 10);
-				have_export = true;
-			} else if (it == NBD_INFO_BLOCK_SIZE && len == 14) {
-				ei->min_block = get32(p.data() + 2);
-				ei->pref_block = get32(p.data() + 6);
-				ei->max_payload = get32(p.data() + 10);
-			} else if (len < 2 || it == NBD_INFO_EXPORT || it == NBD_INFO_BLOCK_SIZE) {
-				*why = "a malformed NBD_REP_INFO";
-				return -EPROTO;
-			}
-			continue; /* information we did not ask for is ignored, as the protocol says */
-		}
-		std::string msg = len ? ": " + printable(p.data(), len) : "";
-		switch (type) {
-		case NBD_REP_ERR_UNSUP:
-			return -EOPNOTSUPP;
-		case NBD_REP_ERR_UNKNOWN:
-			*why = "no export named \"" + name + "\" on the server" + msg;
-			return -ENOENT;
-		case NBD_REP_ERR_TLS_REQD:
-			*why = "the server requires TLS, which the nbd target does not speak" + msg;
-			return -EACCES;
-		case NBD_REP_ERR_POLICY:
-			*why = "the server's policy refuses export \"" + name + "\"" + msg;
-			return -EACCES;
-		case NBD_REP_ERR_SHUTDOWN:
-			*why = "the server is shutting down" + msg;
-			return -ESHUTDOWN;
-		default:
-			*why = (type & NBD_REP_FLAG_ERROR ? "the server refused NBD_OPT_GO (error " : "an unexpected reply to NBD_OPT_GO (type ") +
-			       std::to_string(type & ~NBD_REP_FLAG_ERROR) + ")" + msg;
-			return -EPROTO;
-		}
-	}
-}
-
-static int opt_export_name(struct chan &c, const std::string &name, bool no_zeroes, struct export_info *ei, std::string *why)
-{
-	int r = send_option(c, NBD_OPT_EXPORT_NAME, name);
-	if (r < 0) {
-		*why = io_failure("sending NBD_OPT_EXPORT_NAME", r);
-		return r;
-	}
-	uint8_t b[10 + 124];
-	r = chan_read(c, b, no_zeroes ? 10 : sizeof(b));
-	if (r == -ECONNRESET) {
-		/* The only way this option can say no. */
-		*why = "the server closed the connection on NBD_OPT_EXPORT_NAME \"" + name + "\" (no such export?)";
-		return -ENOENT;
-	}
-	if (r < 0) {
-		*why = io_failure("in answer to NBD_OPT_EXPORT_NAME", r);
-		return r;
-	}
-	ei->size = get64(b);
-	ei->flags = get16(b + 8);
-	return 0;
-}
-
-static int negotiate(struct chan &c, const std::string &name, struct export_info *ei, std::string *why)
-{
-	uint8_t hello[18];
-	int r = chan_read(c, hello, sizeof(hello));
-	if (r < 0) {
-		*why = io_failure("before its NBD greeting", r);
-		return r;
-	}
-	if (get64(hello) != NBD_MAGIC) {
-		*why = "not an NBD server: its first bytes are \"" + printable(hello, 8) + "\", not NBDMAGIC";
-		return -EPROTO;
-	}
-	if (get64(hello + 8) == NBD_CLISERV_MAGIC) {
-		*why = "the server speaks only the oldstyle handshake; the nbd target needs newstyle";
-		return -EPROTONOSUPPORT;
-	}
-	if (get64(hello + 8) != NBD_OPTS_MAGIC) {
-		*why = "not an NBD server: no IHAVEOPT after NBDMAGIC";
-		return -EPROTO;
-	}
-	uint16_t hflags = get16(hello + 16);
-	bool fixed = hflags & NBD_FLAG_FIXED_NEWSTYLE, no_zeroes = hflags & NBD_FLAG_NO_ZEROES;
-	std::string cf;
-	put32(cf, (fixed ? NBD_FLAG_C_FIXED_NEWSTYLE : 0) | (no_zeroes ? NBD_FLAG_C_NO_ZEROES : 0));
-	r = chan_write(c, cf.data(), cf.size());
-	if (r < 0) {
-		*why = io_failure("sending the client flags", r);
-		return r;
-	}
-	/* Defaults of the protocol when the server states no size constraints. */
-	ei->min_block = 1;
-	ei->pref_block = 4096;
-	ei->max_payload = 32u << 20;
-	if (fixed) {
-		r = opt_go(c, name, ei, why);
-		if (r != -EOPNOTSUPP)
-			return r;
-	}
-	return opt_export_name(c, name, no_zeroes, ei, why);
-}
-
-/* Connect and negotiate; returns a blocking socket in transmission phase, or -errno with *why. */
-static int handshake(const struct nbd *n, int cancel, struct export_info *ei, std::string *why)
-{
-	struct chan c = {-1, cancel, now_ms() + n->timeout_ms};
-	int fd = -EHOSTUNREACH;
-	for (const struct address &a : n->addrs) {
-		fd = connect_one(a, c);
-		if (fd >= 0 || fd == -ECANCELED || fd == -ETIMEDOUT)
-			break;
-	}
-	if (fd < 0) {
-		*why = "cannot connect to " + n->endpoint + ": " + strerror(-fd);
-		return fd;
-	}
-	c.fd = fd;
-	*ei = {};
-	int r = negotiate(c, n->export_name, ei, why);
-	if (r == 0 && ei->size == 0) {
-		*why = "export \"" + n->export_name + "\" is empty";
-		r = -EINVAL;
-	}
-	if (r == 0 && (!pow2(ei->min_block) || ei->min_block > 65536 || !pow2(ei->pref_block) ||
-		       ei->max_payload < ei->pref_block)) {
-		*why = "the server's block sizes are invalid (minimum " + std::to_string(ei->min_block) + ", preferred " +
-		       std::to_string(ei->pref_block) + ", maximum payload " + std::to_string(ei->max_payload) + ")";
-		r = -EPROTO;
-	}
-	if (r == 0 && ei->min_block > 4096) {
-		*why = "the export's minimum block size " + std::to_string(ei->min_block) +
-		       " is larger than a ublk logical block can be (4096)";
-		r = -EINVAL;
-	}
-	if (r < 0) {
-		if (r != -ECANCELED)
-			*why = n->endpoint + ": " + *why;
-		close(fd);
-		return r;
-	}
-	/* io_uring waits for a blocking socket; on a non-blocking one a READ_FIXED would fail with EAGAIN. */
-	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-	if (n->tcp) {
-		int one = 1;
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	}
-	return fd;
-}
-
 /* A reconnected export must still be the one the device describes. */
 static bool same_export(const struct export_info &was, const struct export_info &now)
 {
@@ -590,50 +137,6 @@ static bool same_export(const struct export_info &was, const struct export_info 
 	return now.size == was.size && (now.flags & was.flags & used) == (was.flags & used) &&
 	       (now.flags & NBD_FLAG_READ_ONLY) <= (was.flags & NBD_FLAG_READ_ONLY) && now.max_payload >= was.max_payload &&
 	       now.min_block <= was.min_block;
-}
-
-static int resolve(struct nbd *n, const struct target_config &cfg, std::string *why)
-{
-	auto sock = cfg.strs.find("socket");
-	if (sock != cfg.strs.end()) {
-		struct address a = {};
-		auto *un = (struct sockaddr_un *)&a.sa;
-		if (sock->second.empty() || sock->second.size() >= sizeof(un->sun_path)) {
-			*why = "--socket: the path must have 1 to " + std::to_string(sizeof(un->sun_path) - 1) + " bytes";
-			return -EINVAL;
-		}
-		un->sun_family = AF_UNIX;
-		memcpy(un->sun_path, sock->second.c_str(), sock->second.size() + 1);
-		a.len = sizeof(*un);
-		n->addrs.push_back(a);
-		n->endpoint = "unix:" + sock->second;
-		return 0;
-	}
-	auto host = cfg.strs.find("host");
-	if (host == cfg.strs.end() || host->second.empty()) {
-		*why = "needs --host or --socket";
-		return -EINVAL;
-	}
-	std::string port = std::to_string(cfg.num("port", 10809));
-	struct addrinfo hints = {}, *res = nullptr;
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	int r = getaddrinfo(host->second.c_str(), port.c_str(), &hints, &res);
-	if (r != 0) {
-		*why = "--host " + host->second + ": " + gai_strerror(r);
-		return -EHOSTUNREACH;
-	}
-	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-		struct address a = {};
-		memcpy(&a.sa, ai->ai_addr, ai->ai_addrlen);
-		a.len = ai->ai_addrlen;
-		n->addrs.push_back(a);
-	}
-	freeaddrinfo(res);
-	n->tcp = true;
-	bool v6 = host->second.find(':') != std::string::npos;
-	n->endpoint = (v6 ? "[" + host->second + "]" : host->second) + ":" + port;
-	return 0;
 }
 
 /* Does this kernel take a plain send from a registered buffer (IORING_RECVSEND_FIXED_BUF on IORING_OP_SEND,
@@ -674,7 +177,7 @@ static int choose_send(struct nbd *n, const std::string &want, std::string *why)
 		}
 		n->send = SEND_FIXED;
 	} else if (want == "zc") {
-		if (!n->tcp) {
+		if (!n->srv.tcp) {
 			*why = "--send zc needs --host: the kernel has no zero-copy send on unix sockets";
 			return -EOPNOTSUPP;
 		}
@@ -684,7 +187,7 @@ static int choose_send(struct nbd *n, const std::string &want, std::string *why)
 	} else {
 		/* Best first: a fixed send holds the lease only until the send returns; SEND_ZC until the
 		 * network lets the pages go; copy moves the bytes once more. */
-		n->send = fixed ? SEND_FIXED : n->tcp ? SEND_ZC : SEND_COPY;
+		n->send = fixed ? SEND_FIXED : n->srv.tcp ? SEND_ZC : SEND_COPY;
 	}
 	return 0;
 }
@@ -716,13 +219,13 @@ static void worker_main(struct nbd *n)
 			if (poll(&p, 1, (int)std::min<int64_t>(100ll << std::min(a, 6u), 5000)) > 0)
 				break;
 			struct export_info ei;
-			fd = handshake(n, n->cancel_fd, &ei, &why);
+			fd = nbd_handshake(n->srv, n->cancel_fd, &ei, &why);
 			if (fd == -ECANCELED)
 				break;
 			if (fd >= 0 && !same_export(n->ei, ei)) {
 				close(fd);
 				fd = -1;
-				why = n->endpoint + ": the export changed across the reconnect (size or flags)";
+				why = n->srv.endpoint + ": the export changed across the reconnect (size or flags)";
 				break;
 			}
 			if (fd < 0)
@@ -736,7 +239,7 @@ static void worker_main(struct nbd *n)
 		if (fd < 0)
 			n->last_error = "reconnect failed: " + why;
 		else
-			fprintf(stderr, "nbd: connection %u: reconnected to %s\n", i, n->endpoint.c_str());
+			fprintf(stderr, "nbd: connection %u: reconnected to %s\n", i, n->srv.endpoint.c_str());
 		uint64_t one = 1;
 		(void)!write(c->evfd, &one, sizeof(one));
 	}
@@ -788,17 +291,15 @@ static int nbd_init(struct target *t)
 		auto it = cfg.strs.find(k);
 		return it == cfg.strs.end() ? std::string() : it->second;
 	};
-	n->export_name = str("export");
-	n->timeout_ms = std::max<int64_t>(1, cfg.num("timeout", 30)) * 1000;
 	n->reconnect = (unsigned)std::max<int64_t>(0, cfg.num("reconnect", 0));
-	int r = resolve(n, cfg, &why);
+	int r = nbd_server_from(cfg, &n->srv, &why);
 	if (r == 0)
 		r = choose_send(n, str("send"), &why);
 	if (r < 0)
 		return init_fail(t, n, r, why);
 
 	/* The first connection says whether more are allowed. */
-	int fd = handshake(n, -1, &n->ei, &why);
+	int fd = nbd_handshake(n->srv, -1, &n->ei, &why);
 	if (fd < 0)
 		return init_fail(t, n, fd, why);
 	n->conns.push_back(std::make_unique<conn>());
@@ -806,17 +307,17 @@ static int nbd_init(struct target *t)
 	int64_t queues = cfg.num("queues", 1);
 	bool multi = n->ei.flags & NBD_FLAG_CAN_MULTI_CONN;
 	if (queues > 1 && !multi)
-		return init_fail(t, n, -EINVAL, n->endpoint + ": the export does not allow more than one connection "
+		return init_fail(t, n, -EINVAL, n->srv.endpoint + ": the export does not allow more than one connection "
 						 "(no NBD_FLAG_CAN_MULTI_CONN): use --queues 1");
 	for (int64_t q = 1; q < queues; q++) {
 		struct export_info ei;
-		fd = handshake(n, -1, &ei, &why);
+		fd = nbd_handshake(n->srv, -1, &ei, &why);
 		if (fd < 0)
 			return init_fail(t, n, fd, why);
 		n->conns.push_back(std::make_unique<conn>());
 		n->conns.back()->fd = fd;
 		if (!same_export(n->ei, ei))
-			return init_fail(t, n, -EPROTO, n->endpoint + ": connection " + std::to_string(q) +
+			return init_fail(t, n, -EPROTO, n->srv.endpoint + ": connection " + std::to_string(q) +
 								 " saw a different export (size or flags)");
 	}
 	if (n->reconnect > 0) {
@@ -1227,7 +728,7 @@ static void on_tick(struct tq *tq, struct nbd_q *nq, const struct io_uring_cqe *
 			stuck |= s.phase == P_SENT || s.phase == P_PAYLOAD;
 		}
 		if (stuck)
-			conn_lost(tq, nq, "no reply within --timeout " + std::to_string(nq->n->timeout_ms / 1000) + " s");
+			conn_lost(tq, nq, "no reply within --timeout " + std::to_string(nq->n->srv.timeout_ms / 1000) + " s");
 		if (late)
 			for (uint16_t tag = 0; tag < nq->slots.size(); tag++)
 				if (nq->slots[tag].phase != P_FREE && now >= nq->slots[tag].deadline)
@@ -1345,7 +846,7 @@ static int nbd_queue_io(struct tq *tq, struct request *req)
 	struct slot &s = nq->slots[req->tag];
 	if (s.phase == P_FREE)
 		nq->held++; /* else the engine let the last one go while draining */
-	s = {req, req->gen, P_QUEUED, cmd, cflags, nq->seq++, now_ms() + n->timeout_ms};
+	s = {req, req->gen, P_QUEUED, cmd, cflags, nq->seq++, now_ms() + n->srv.timeout_ms};
 	if (nq->c->state.load() == CONN_UP)
 		put_on_wire(tq, nq, req); /* the engine issues what queue_io added */
 	return QUEUE_IO_PENDING;
@@ -1357,7 +858,7 @@ static int nbd_queue_init(struct tq *tq)
 	if (tq->q_id >= n->conns.size()) {
 		/* init opened one connection per queue it was told of (cfg.nums["queues"]). queue_fail's sentence
 		 * becomes the queue's error, which `add` shows; the device is rolled back. */
-		queue_fail(tq, "nbd: " + n->endpoint + ": " +
+		queue_fail(tq, "nbd: " + n->srv.endpoint + ": " +
 				       (n->ei.flags & NBD_FLAG_CAN_MULTI_CONN
 					    ? "no connection for this queue: the engine did not say how many queues to connect"
 					    : "the export does not allow more than one connection (no NBD_FLAG_CAN_MULTI_CONN)") +
@@ -1373,7 +874,7 @@ static int nbd_queue_init(struct tq *tq)
 	nq->slots.assign(tq->depth, slot{});
 	nq->pending_fd = -1;
 	nq->timer_multishot = true;
-	int64_t tick = std::min<int64_t>(1000, std::max<int64_t>(100, n->timeout_ms / 4));
+	int64_t tick = std::min<int64_t>(1000, std::max<int64_t>(100, n->srv.timeout_ms / 4));
 	nq->tick = {tick / 1000, (tick % 1000) * 1000000};
 	tq->priv = nq;
 	arm_timer(tq, nq);
@@ -1417,8 +918,8 @@ static std::string nbd_status(const struct target *t)
 		err = n->last_error;
 	}
 	std::string s = "{";
-	s += "\"endpoint\":" + json_str(n->endpoint);
-	s += ",\"export\":" + json_str(n->export_name);
+	s += "\"endpoint\":" + json_str(n->srv.endpoint);
+	s += ",\"export\":" + json_str(n->srv.export_name);
 	s += ",\"state\":\"" + std::string(state) + "\"";
 	s += ",\"connections\":" + std::to_string(up);
 	s += ",\"size\":" + std::to_string(ei.size);
