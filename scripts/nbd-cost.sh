@@ -4,7 +4,8 @@
 #   UBLK_TS_VM_CPUS=1 scripts/vm-run --icount -- scripts/nbd-cost.sh
 # With one CPU, guest time is instructions, so each task's time per request is its exact cost. With more
 # CPUs the round-robin clock also charges a task for the turns of the other CPUs: compare IOPS only.
-# RW ("randread randwrite"), RUNTIME (seconds, 4) and QUEUES (1) choose the runs.
+# RW ("randread randwrite"), RUNTIME (seconds, 4), QUEUES (1) and TRANSPORT (unix, or tcp over loopback)
+# choose the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export UBLK_TS_STATE_DIR=${UBLK_TS_STATE_DIR:-/tmp/ublk-ts-cost}
@@ -17,14 +18,21 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-# nbdkit goes into the background once its socket listens.
-nbdkit -U "$work/nbd.sock" -P "$work/nbdkit.pid" memory 1G
+# nbdkit goes into the background once it listens.
+if [ "${TRANSPORT:-unix}" = tcp ]; then
+  ip link set lo up # the guest brings up no network of its own
+  nbdkit -i 127.0.0.1 -p 10809 -P "$work/nbdkit.pid" memory 1G
+  client=(127.0.0.1 10809) target=(--host 127.0.0.1 --port 10809)
+else
+  nbdkit -U "$work/nbd.sock" -P "$work/nbdkit.pid" memory 1G
+  client=(-unix "$work/nbd.sock") target=(--socket "$work/nbd.sock")
+fi
 modprobe -d "$UBLK_TS_KMOD_DIR" nbd 2>/dev/null || true
-nbd-client -unix "$work/nbd.sock" /dev/nbd0 >/dev/null 2>&1
+nbd-client "${client[@]}" /dev/nbd0 >/dev/null 2>&1
 # Written once, so reads return data rather than holes.
 fio --name=fill --filename=/dev/nbd0 --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=8 --size=448M \
   --output-format=terse >/dev/null
-added=$(node dist/ublk-ts.mjs add --target nbd --socket "$work/nbd.sock" --queues "${QUEUES:-1}" --json)
+added=$(node dist/ublk-ts.mjs add --target nbd "${target[@]}" --queues "${QUEUES:-1}" --json)
 id=$(node -p 'JSON.parse(process.argv[1]).id' "$added")
 dev=/dev/ublkb$id
 
