@@ -8,6 +8,8 @@
 #include "ctrl.h"
 #include "device.h"
 
+void pidfd_exports(Napi::Env env, Napi::Object exports); /* pidfd.cc */
+
 namespace {
 
 Napi::Error make_error(Napi::Env env, const std::string &command, int err)
@@ -280,7 +282,8 @@ class Device : public Napi::ObjectWrap<Device> {
 	static Napi::Function Init(Napi::Env env)
 	{
 		return DefineClass(env, "Device",
-				   {InstanceMethod("start", &Device::Start), InstanceMethod("wait", &Device::Wait),
+				   {InstanceMethod("open", &Device::Open), InstanceMethod("start", &Device::Start),
+				    InstanceMethod("wait", &Device::Wait),
 				    InstanceMethod("drain", &Device::Drain), InstanceMethod("join", &Device::Join),
 				    InstanceMethod("forceStop", &Device::ForceStop), InstanceMethod("close", &Device::Close),
 				    InstanceMethod("status", &Device::Status), InstanceMethod("stats", &Device::Stats),
@@ -373,7 +376,7 @@ class Device : public Napi::ObjectWrap<Device> {
 	~Device() { close_all(); }
 
       private:
-	enum job { JOB_START, JOB_WAIT, JOB_JOIN };
+	enum job { JOB_OPEN, JOB_START, JOB_WAIT, JOB_JOIN };
 	/* start, wait and join block: they run on libuv's pool. Each holds a reference to the JavaScript
 	 * object, so the finalizer cannot free the device under it, and counts itself in busy_, so close()
 	 * refuses while one runs. */
@@ -389,6 +392,9 @@ class Device : public Napi::ObjectWrap<Device> {
 		{
 			struct device *d = &owner_->dev_;
 			switch (job_) {
+			case JOB_OPEN:
+				err_ = device_open(d);
+				break;
 			case JOB_START:
 				err_ = device_start(d);
 				break;
@@ -411,7 +417,7 @@ class Device : public Napi::ObjectWrap<Device> {
 			}
 			Napi::Error e = Napi::Error::New(Env(), err_);
 			/* The CLI's exit status tells a backend that failed (no NBD server there) from a kernel refusal. */
-			if (job_ == JOB_START && owner_->dev_.target_failed)
+			if (job_ == JOB_OPEN && owner_->dev_.target_failed)
 				e.Set("kind", Napi::String::New(Env(), "backend"));
 			deferred_.Reject(e.Value());
 		}
@@ -429,14 +435,26 @@ class Device : public Napi::ObjectWrap<Device> {
 		std::string err_;
 	};
 
+	Napi::Value Open(const Napi::CallbackInfo &info)
+	{
+		return once(info, opened_, "opened", JOB_OPEN);
+	}
 	Napi::Value Start(const Napi::CallbackInfo &info)
 	{
-		if (started_) {
-			Napi::Error::New(info.Env(), "device already started").ThrowAsJavaScriptException();
+		if (!opened_) {
+			Napi::Error::New(info.Env(), "device start() before open()").ThrowAsJavaScriptException();
 			return info.Env().Undefined();
 		}
-		started_ = true;
-		return (new DeviceWorker(info.Env(), this, JOB_START))->Run();
+		return once(info, started_, "started", JOB_START);
+	}
+	Napi::Value once(const Napi::CallbackInfo &info, bool &done, const char *what, enum job job)
+	{
+		if (done) {
+			Napi::Error::New(info.Env(), std::string("device already ") + what).ThrowAsJavaScriptException();
+			return info.Env().Undefined();
+		}
+		done = true;
+		return (new DeviceWorker(info.Env(), this, job))->Run();
 	}
 	/* Resolves when every queue has ended; rejects as soon as one fails. */
 	Napi::Value Wait(const Napi::CallbackInfo &info)
@@ -518,13 +536,15 @@ class Device : public Napi::ObjectWrap<Device> {
 			delete batch; /* closing: the requests are drained by the engine */
 	}
 	/* Completions from JavaScript, in one batch: records of q u16, tag u16, gen u32, result i32, file u8,
-	 * 3 bytes of padding, file offset u64 (24 bytes). Returns how many were refused (queue full). */
+	 * 3 bytes of padding, file offset u64 (24 bytes). A record its queue cannot take now (the hand-over
+	 * queue is full) is moved to the front of the batch for the caller to hand again: dropped, its request
+	 * would never end. Returns how many were moved. A record naming no tag of the device is a bug: throws. */
 	Napi::Value Complete(const Napi::CallbackInfo &info)
 	{
 		Napi::Buffer<uint8_t> b = info[0].As<Napi::Buffer<uint8_t>>();
-		unsigned refused = 0;
+		size_t refused = 0;
 		for (size_t off = 0; off + 24 <= b.Length(); off += 24) {
-			const uint8_t *p = b.Data() + off;
+			uint8_t *p = b.Data() + off;
 			uint16_t q;
 			struct remote_completion c = {};
 			memcpy(&q, p, 2);
@@ -533,10 +553,15 @@ class Device : public Napi::ObjectWrap<Device> {
 			memcpy(&c.result, p + 8, 4);
 			c.file = p[12];
 			memcpy(&c.file_off, p + 16, 8);
-			if (q >= dev_.queues.size() || c.tag >= dev_.ctx.depth || queue_complete_remote(dev_.queues[q].get(), c) < 0)
-				refused++;
+			if (q >= dev_.queues.size() || c.tag >= dev_.ctx.depth) {
+				Napi::RangeError::New(info.Env(), "complete(): no tag " + std::to_string(c.tag) + " on queue " +
+					std::to_string(q)).ThrowAsJavaScriptException();
+				return info.Env().Undefined();
+			}
+			if (queue_complete_remote(dev_.queues[q].get(), c) < 0)
+				memmove(b.Data() + 24 * refused++, p, 24);
 		}
-		return Napi::Number::New(info.Env(), refused);
+		return Napi::Number::New(info.Env(), (double)refused);
 	}
 	/* /dev/ublkcN as the native side opened it (the driver allows one opener): for user copy from
 	 * JavaScript's thread pool. Owned here; valid until close(). */
@@ -548,6 +573,7 @@ class Device : public Napi::ObjectWrap<Device> {
 	Napi::ThreadSafeFunction js_fn_;
 	std::vector<Napi::ObjectReference> buf_refs_;
 	struct host_channel js_ {};
+	bool opened_ = false;
 	bool started_ = false;
 	unsigned busy_ = 0; /* workers running; JavaScript thread only */
 };
@@ -572,6 +598,10 @@ Napi::Object Abi(Napi::Env env)
 	F(USER_RECOVERY_FAIL_IO); F(UPDATE_SIZE); F(AUTO_BUF_REG); F(QUIESCE); F(PER_IO_DAEMON);
 	F(BUF_REG_OFF_DAEMON); F(BATCH_IO); F(INTEGRITY); F(SAFE_STOP_DEV); F(NO_AUTO_PART_SCAN); F(SHMEM_ZC);
 #undef F
+	Napi::Object attrs = Napi::Object::New(env);
+#define A(n) attrs.Set(#n, Napi::Number::New(env, UBLK_ATTR_##n))
+	A(READ_ONLY); A(ROTATIONAL); A(VOLATILE_CACHE); A(FUA);
+#undef A
 	Napi::Object sizes = Napi::Object::New(env);
 	sizes.Set("ctrlCmd", (uint32_t)sizeof(struct ublksrv_ctrl_cmd));
 	sizes.Set("devInfo", (uint32_t)sizeof(struct ublksrv_ctrl_dev_info));
@@ -581,6 +611,7 @@ Napi::Object Abi(Napi::Env env)
 	abi.Set("commands", cmds);
 	abi.Set("ioCommands", io);
 	abi.Set("flags", flags);
+	abi.Set("attrs", attrs);
 	abi.Set("sizes", sizes);
 	abi.Set("userCopyOffset", Napi::Function::New(env, [](const Napi::CallbackInfo &info) {
 		uint64_t q = info[0].As<Napi::Number>().Uint32Value(), tag = info[1].As<Napi::Number>().Uint32Value();
@@ -591,6 +622,7 @@ Napi::Object Abi(Napi::Env env)
 
 Napi::Object InitAddon(Napi::Env env, Napi::Object exports)
 {
+	pidfd_exports(env, exports);
 	exports.Set("getFeatures", Napi::Function::New(env, GetFeatures));
 	exports.Set("addDev", Napi::Function::New(env, AddDev));
 	exports.Set("delDev", Napi::Function::New(env, DelDev));

@@ -8,7 +8,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-std::string device_start(struct device *d)
+std::string device_open(struct device *d)
 {
 	struct device_ctx *ctx = &d->ctx;
 	std::string path = "/dev/ublkc" + std::to_string(ctx->dev_id);
@@ -31,7 +31,14 @@ std::string device_start(struct device *d)
 		return why != ctx->tgt.cfg.strs.end() ? why->second : std::string("target ") + ctx->tgt.ops->name + ": " + strerror(-ret);
 	}
 	d->target_ready = true;
+	return "";
+}
 
+std::string device_start(struct device *d)
+{
+	struct device_ctx *ctx = &d->ctx;
+	if (!d->target_ready)
+		return "device_start before device_open";
 	size_t page = sysconf(_SC_PAGESIZE);
 	d->map_len = ((size_t)ctx->depth * sizeof(struct ublksrv_io_desc) + page - 1) / page * page;
 	for (uint16_t q = 0; q < ctx->nr_queues; q++) {

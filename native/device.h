@@ -26,7 +26,11 @@ struct device {
 	bool bufs_kept; /* a queue's teardown timed out: the host's buffers (cfg.bufs) must never be freed */
 };
 
-/* Opens /dev/ublkcN, maps the descriptors, starts the queue threads and waits (on the calling, non-JS
+/* Opens /dev/ublkcN and runs the target's init (a network handshake): the target's status is readable
+ * from here on, before any tag is fetched, so a re-attach can be refused while the device still holds
+ * its IO. Blocks; returns "" or the failure. */
+std::string device_open(struct device *d);
+/* After device_open: maps the descriptors, starts the queue threads and waits (on the calling, non-JS
  * thread) until every queue has FETCHed every tag. Returns "" or the first failure; on failure
  * everything already made is released by device_close(). */
 std::string device_start(struct device *d);

@@ -172,7 +172,7 @@ static void submit_member(struct queue *q, struct io *io, unsigned i)
 		break;
 	}
 	sqe->flags |= IOSQE_FIXED_FILE;
-	io_uring_sqe_set_data64(sqe, ud_make(io->req.tag, UD_MEMBER, i));
+	io_uring_sqe_set_data64(sqe, ud_make(io->req.tag, UD_MEMBER, i, io->req.gen));
 	io->ms[i].busy = true;
 }
 
@@ -378,6 +378,7 @@ void lease_run(struct queue *q, struct io *io)
 void lease_release(struct queue *q, struct io *io, int32_t result)
 {
 	io->held = false;
+	io->req.open = false;
 	io->tresult = result;
 	if (result < 0)
 		fail(io, result);
@@ -463,7 +464,7 @@ void lease_cancel_members(struct queue *q, struct io *io)
 		if (!io->ms[i].busy)
 			continue;
 		struct io_uring_sqe *sqe = queue_sqe(q);
-		io_uring_prep_cancel64(sqe, ud_make(io->req.tag, UD_MEMBER, i), 0);
+		io_uring_prep_cancel64(sqe, ud_make(io->req.tag, UD_MEMBER, i, io->req.gen), 0);
 		io_uring_sqe_set_data64(sqe, ud_make(io->req.tag, UD_CANCEL, i));
 		sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
 	}

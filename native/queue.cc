@@ -73,7 +73,13 @@ void queue_commit(struct queue *q, struct io *io, int32_t result)
 
 void request_run(struct tq *tq, struct request *req)
 {
-	lease_run(tq->q, &tq->q->ios[req->tag]);
+	if (req->open)
+		lease_run(tq->q, &tq->q->ios[req->tag]);
+}
+
+bool tq_draining(const struct tq *tq)
+{
+	return tq->q->draining;
 }
 
 void request_complete(struct tq *tq, struct request *req, int32_t result)
@@ -98,6 +104,15 @@ struct io_uring_sqe *tq_sqe(struct tq *tq, struct request *req, uint64_t cookie)
 	return sqe;
 }
 
+/* The engine ends a request the target holds: it fails, and the target is told, so that it never adds to
+ * it, sends for it or receives into its buffer again (the tag's next request may own that buffer). */
+static void end_held(struct queue *q, struct io *io)
+{
+	lease_release(q, io, -EIO);
+	if (q->dev->tgt.ops->on_release)
+		q->dev->tgt.ops->on_release(&q->tq, &io->req);
+}
+
 /* Drain: nothing is kept for later any more. What the target holds fails now, members it still waits on
  * are cancelled, and requests that arrive later are not held (handle_request). */
 static void drain(struct queue *q)
@@ -110,7 +125,7 @@ static void drain(struct queue *q)
 			continue;
 		lease_cancel_members(q, &io);
 		io.req.nr_members = io.submitted; /* nothing new goes out */
-		lease_release(q, &io, -EIO);
+		end_held(q, &io);
 	}
 }
 
@@ -155,13 +170,14 @@ static void start_request(struct queue *q, struct io *io)
 		queue_commit(q, io, -EIO);
 		return;
 	}
+	req->open = true;
 	int how = q->dev->tgt.ops->queue_io(&q->tq, req);
 	if (how == QUEUE_IO_PENDING) {
 		io->held = true;
 		lease_run(q, io);
 		/* Stopping: a request may not wait for something that will never come. */
 		if (q->draining && io->held && io->state == IO_SERVING)
-			lease_release(q, io, -EIO);
+			end_held(q, io);
 		return;
 	}
 	lease_release(q, io, req->result);
@@ -312,7 +328,10 @@ static void dispatch_cqe(struct queue *q, const struct io_uring_cqe *cqe)
 		lease_on_leader(q, io, cqe->res);
 		break;
 	case UD_MEMBER:
-		lease_on_member(q, io, (ud >> 24) & 0xff, cqe);
+		/* Its request is still there (the lease counts every member in flight); the generation makes
+		 * sure no completion can ever reach the tag's next request. */
+		if (io->state == IO_SERVING && io->req.gen == (uint32_t)(ud >> 32))
+			lease_on_member(q, io, (ud >> 24) & 0xff, cqe);
 		break;
 	case UD_UNLEASE:
 		/* Only failures post (CQE_SKIP_SUCCESS): the slot stays taken and the next lease on it fails

@@ -107,6 +107,7 @@ struct request {
 	int32_t result;      /* set by the target when it adds no member */
 	bool copy;           /* serve through a copy the target can read and write (request_buf) */
 	bool overflow;       /* more members were added than MAX_MEMBERS: the request fails */
+	bool open;           /* the target may add members (in queue_io, and while it holds the request) */
 	uint8_t nr_members;
 	struct member members[MAX_MEMBERS + 1]; /* the last one absorbs an overflow */
 };
@@ -136,6 +137,10 @@ struct target_ops {
 	int (*queue_io)(struct tq *tq, struct request *req) = nullptr;
 	/* Optional: a member finished (res as io_uring gave it, after short transfers were continued). */
 	enum member_fold (*on_member)(struct tq *tq, struct request *req, unsigned idx, int res) = nullptr;
+	/* Optional: the engine ended a request the target held and had not completed (a drain: `del`, or a
+	 * failed queue). From here on the request is not the target's: members added to it and request_run
+	 * are refused, and its tag may soon carry another request. */
+	void (*on_release)(struct tq *tq, struct request *req) = nullptr;
 	/* Optional: one of the target's own ring operations completed; req is null for queue-wide ones,
 	 * and a request-bound one whose request has ended meanwhile is dropped, never delivered. */
 	void (*on_cqe)(struct tq *tq, struct request *req, uint64_t cookie, const struct io_uring_cqe *cqe) = nullptr;
@@ -151,12 +156,13 @@ struct target_ops {
 };
 
 /* Member builder for queue_io. Past MAX_MEMBERS it marks the request failed and returns a scratch slot,
- * so a target never writes through a null pointer and never has a member silently dropped. */
+ * so a target never writes through a null pointer and never has a member silently dropped. On a request
+ * that is no longer open it returns the scratch slot too: nothing is issued into a buffer it no longer owns. */
 static inline struct member *add_member(struct request *req, enum member_kind kind, uint8_t file)
 {
 	struct member *m;
-	if (req->nr_members >= MAX_MEMBERS) {
-		req->overflow = true;
+	if (!req->open || req->nr_members >= MAX_MEMBERS) {
+		req->overflow |= req->open;
 		m = &req->members[MAX_MEMBERS];
 	} else {
 		m = &req->members[req->nr_members++];
@@ -169,7 +175,8 @@ static inline struct member *add_member(struct request *req, enum member_kind ki
 
 /* ---- What the engine offers a target (queue thread only, except queue_complete_remote) ---- */
 
-/* Issue the members added since the last call (leasing the buffer first if the mode needs it). */
+/* Issue the members added since the last call (leasing the buffer first if the mode needs it); refused on a
+ * request that is not open. */
 void request_run(struct tq *tq, struct request *req);
 /* Release a pending request: it completes once its members are done. A negative result fails it; with
  * no members, result is what is committed. */
@@ -181,6 +188,8 @@ void *request_buf(struct tq *tq, struct request *req);
 /* An SQE for the target's own operation; its CQE comes back through on_cqe with this cookie (at most
  * 8 bits with a request, 48 without). Bound to req when given: at most MAX_REQUEST_OPS in flight. */
 struct io_uring_sqe *tq_sqe(struct tq *tq, struct request *req, uint64_t cookie);
+/* The queue is stopping or has failed: a request held now would be ended at once (on_release). */
+bool tq_draining(const struct tq *tq);
 /* The queue cannot go on: every request it holds fails with EIO, new ones too, and the device stops. */
 void queue_fail(struct tq *tq, const std::string &why);
 /* A completion handed over from another thread. */

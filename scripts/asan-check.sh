@@ -2,7 +2,8 @@
 # Runs the data path under AddressSanitizer on the real driver: builds an ASan copy of the addon in a
 # scratch tree, then in the VM serves fio verify in every data mode and the del-under-load path, the fault
 # target's held and copied requests, null's zero-filled reads, a block device's discards, the bridge's
-# copies (memory, overlay) and nbd's receives, and fails on any ASan report in the servers' logs.
+# copies (memory, overlay), nbd's receives and its teardown under a slow server, and fails on any ASan
+# report in the servers' logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${UBLK_TS_IN_VM:-}" ]; then
@@ -92,6 +93,27 @@ del_under_load $id randread
 kill $nbdkit_pid 2>/dev/null || true # nbdkit may have ended on the delete (its own assertion)
 wait $nbdkit_pid || true
 echo "asan-check: nbd served verify and a delete under read load"
+# nbd teardown: a delete while requests wait on a slow server, so replies arrive for requests the engine has
+# already ended (the target must not receive them into a buffer the tag's next request may own).
+# A fresh nbdkit per delete: nbdkit may end on one (its own assertion).
+for mode in auto-lease copy; do
+  rm -f /tmp/asan-nbd-slow.sock
+  nbdkit -f --exit-with-parent -U /tmp/asan-nbd-slow.sock --filter=delay memory 64M rdelay=300ms wdelay=300ms &
+  nbdkit_pid=$!
+  for i in $(seq 50); do [ -S /tmp/asan-nbd-slow.sock ] && break; sleep 0.1; done
+  id=$(add_id --target nbd --socket /tmp/asan-nbd-slow.sock --data-mode $mode)
+  fio --name=slow --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randrw --bs=4k --iodepth=64 \
+    --time_based --runtime=60 >/dev/null 2>&1 &
+  fio_pid=$!
+  sleep 2
+  read -r reads writes < /sys/block/ublkb$id/inflight
+  [ $((reads + writes)) -gt 0 ] || { echo "asan-check: nothing in flight on ublkb$id before the delete" >&2; exit 1; }
+  ublk del -n $id
+  wait $fio_pid || true
+  kill -KILL $nbdkit_pid 2>/dev/null || true # SIGTERM may wait on connections that never end
+  wait $nbdkit_pid || true
+  echo "asan-check: nbd ($mode) deleted with $((reads + writes)) requests waiting on a slow server"
+done
 if grep -l "AddressSanitizer" /tmp/asan-state/*.log; then
   grep -h -A30 "AddressSanitizer" /tmp/asan-state/*.log | head -60
   exit 1

@@ -3,7 +3,7 @@
 # and the kernel cache the VM boots. Touches only the host's own suite (never installs from sid).
 set -euo pipefail
 pkgs=(g++ make python3 pkg-config liburing-dev qemu-system-x86 qemu-system-data busybox-static kmod xz-utils cpio
-  fio e2fsprogs xfsprogs nbdkit nbd-client qemu-utils util-linux procps
+  fio e2fsprogs xfsprogs nbdkit nbd-client nbd-server qemu-utils util-linux procps
   systemd) # systemd-analyze: the host test verifies the shipped unit (systemd/ublk-ts.service)
 as_root=()
 [ "$(id -u)" = 0 ] || as_root=(sudo)

@@ -62,6 +62,13 @@ export interface TypeScriptTarget {
   describe?: string;
   /** Its command-line options (`--opt key=value` for a target given by path). */
   options?: Record<string, { describe: string; type?: 'string' | 'number' | 'boolean' }>;
+  /**
+   * Its data outlives its server process (it is in files, or elsewhere outside the process): then a new
+   * server may re-attach to the device after a crash (`recover`, `--restart`). Left out, the target is
+   * taken to keep its data in the process, and its devices get no user recovery: a new server would serve
+   * an empty disk under whatever was mounted on it.
+   */
+  persistent?: boolean;
   /** Validates the options (throw an Error with one line for bad input) and opens the backend. */
   open(opts: OptionValues): Promise<BlockDevice> | BlockDevice;
 }
@@ -76,6 +83,7 @@ export function defineTarget(t: TypeScriptTarget): TargetSpec {
     name: t.name,
     describe: t.describe ?? `${t.name} (a TypeScript target)`,
     movesData: true,
+    volatile: t.persistent !== true,
     options,
     async open(opts) {
       let bd: BlockDevice;

@@ -14,6 +14,8 @@ const OPS: Record<number, BlockOp> = { 0: 'read', 1: 'write', 2: 'flush', 3: 'di
 const UBLK_IO_F_FUA = 1 << 13;
 const DESC_F_BYTES = 2 ** 31; // the write's bytes are in the tag's buffer already
 const EIO = 5, EOPNOTSUPP = 95;
+/** A refused completion goes again after this long: its queue thread needs a turn to take what it holds. */
+const RETRY_MS = 1;
 
 type Handler = (req: BlockRequest) => Promise<void> | void;
 
@@ -143,8 +145,13 @@ export class Bridge {
   private flush(): void {
     this.flushQueued = false;
     if (this.outLen === 0 || !this.dev || this.closing) return;
-    this.dev.complete(this.out.subarray(0, this.outLen));
-    this.outLen = 0;
+    // What a queue could not take now (its queue thread has not yet taken what it holds) is left at the
+    // front of the batch: it goes again a moment later, with whatever completes meanwhile.
+    this.outLen = this.dev.complete(this.out.subarray(0, this.outLen)) * DONE;
+    if (this.outLen > 0) {
+      this.flushQueued = true;
+      setTimeout(() => this.flush(), RETRY_MS);
+    }
   }
 
   /**

@@ -71,6 +71,7 @@ async function upOrDown(verb: 'up' | 'down', a: Record<string, unknown>): Promis
   const said: Record<Outcome['state'], (o: Outcome) => string> = {
     up: (o) => `${o.name}: up, ${o.path} -> ${o.blockDevice}`,
     'already-up': (o) => `${o.name}: already up, ${o.path} -> ${o.blockDevice}`,
+    recovered: (o) => `${o.name}: recovered (a new server for the device whose server had died), ${o.path} -> ${o.blockDevice}`,
     down: (o) => `${o.name}: down (was ${o.blockDevice})`,
     'already-down': (o) => `${o.name}: already down`,
     failed: (o) => o.error ?? o.name,

@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { Options } from 'yargs';
 import { oneLine, UserError } from './errors.js';
 import { DEFAULT_DEPTH, engineOptions, LIMITS } from './device-options.js';
-import { loadTarget, targetNames } from './targets.js';
+import { isTargetPath, loadTarget, targetNames } from './targets.js';
 import type { DaemonOptions } from './daemon.js';
 import type { DataMode } from './native.js';
 import type { TargetSpec } from './target.js';
@@ -84,9 +84,12 @@ export async function configuredDevice(file: string, entry: ConfigEntry): Promis
   if (!isObject(s)) throw new UserError(`must be an object of options, like {"target": "null", "size": "1G"}, not ${JSON.stringify(s)} ${where}`);
   if (typeof s.target !== 'string') throw new UserError(`target is missing or not a string (one of: ${targetNames().join(', ')}) ${where}`);
   const spec = await loadTarget(s.target);
+  // A target given by path is served from that path, never by the name its module declares (a built-in's, maybe).
+  const byPath = isTargetPath(s.target);
   const engine = engineOptions(targetNames());
   // The target's own first: they are what a mistake is most likely about.
   const known: Record<string, Options> = { target: engine.target, ...spec.options, ...engine, ...OWN };
+  if (byPath) known.target = { type: 'string' }; // not one of the built-ins' names
   for (const key of Object.keys(s))
     if (!(key in known)) {
       const kebab = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
@@ -106,7 +109,7 @@ export async function configuredDevice(file: string, entry: ConfigEntry): Promis
     spec,
     serve: {
       name,
-      target: spec.name,
+      target: byPath ? path.resolve(s.target) : spec.name,
       targetOptions: Object.fromEntries(Object.keys(spec.options).map((k) => [k, values[k]])),
       id: limited('number'),
       queues: limited('queues'),

@@ -7,7 +7,8 @@ import { explain, isErrorKind, isKernelError, UserError } from './errors.js';
 import type { Server, ServeOptions } from './server.js';
 import type { DaemonOptions } from './daemon.js';
 import { removeLink } from './dev-links.js';
-import { ensureStateDir, openLog, processAlive, reattachOptions, readRecord, readRecords, removeRecord, servesDevice, supervises, type DeviceRecord } from './state.js';
+import { ProcessHandle } from './process-handle.js';
+import { ensureStateDir, openLog, reattachOptions, readRecord, readRecords, removeRecord, servesDevice, supervises, type DeviceRecord } from './state.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -87,6 +88,9 @@ export async function recoverDevice(id: number): Promise<DeviceRecord> {
   const rec = readRecord(id);
   if (!rec?.serve) throw new UserError(`device ${id} has no saved options (it was not added by ublk-ts add, or its record is gone)`, 'not-found');
   if (serverOf(rec) !== undefined) throw new UserError(`device ${id} is served by pid ${rec.pid}: nothing to recover`);
+  // Said here, before a server starts: its data died with its server (so do a volatile target's, always).
+  if (!rec.recovery)
+    throw new UserError(`device ${id} was added without recovery (a target that keeps its data in its server, like memory, always is): \`ublk-ts del -n ${id}\` removes it`);
   return spawnServer({ ...reattachOptions(rec), log: newLogPath() });
 }
 
@@ -94,6 +98,38 @@ export async function recoverDevice(id: number): Promise<DeviceRecord> {
 function serverOf(rec: DeviceRecord): number | undefined {
   return servesDevice(rec.pid, rec.id) ? rec.pid : undefined;
 }
+
+/**
+ * What the kernel holds under the id of a record whose server is gone: nothing; the record's device,
+ * waiting for a new server (recoverable) or not; or another device that took the id since (foreign:
+ * never ours to touch). The record's device is proven by its shape: owner, data mode, recovery, queues,
+ * depth and size all as the record says, and no live server of another process.
+ */
+export async function heldUnder(rec: DeviceRecord): Promise<'none' | 'recoverable' | 'ours' | 'foreign'> {
+  let info;
+  try {
+    info = await addon.getDevInfo(rec.id);
+  } catch (e) {
+    if (isKernelError(e) && e.code === 'ENODEV') return 'none';
+    throw explain(e);
+  }
+  const { modeFlags } = await import('./features.js');
+  const F = addon.abi.flags;
+  const params = await addon.getParams(rec.id).catch(() => undefined);
+  const want = modeFlags(rec.mode) | (rec.recovery ? F.USER_RECOVERY : 0n);
+  const same =
+    info.ownerUid === (process.getuid?.() ?? 0) &&
+    (info.flags & (want | F.USER_RECOVERY)) === want &&
+    info.nrHwQueues === rec.queues &&
+    info.queueDepth === rec.depth &&
+    params?.devSectors === Math.floor(rec.size / 512) &&
+    !(info.ublksrvPid > 0 && info.ublksrvPid !== rec.pid && servesDevice(info.ublksrvPid, rec.id));
+  if (!same) return 'foreign';
+  return rec.recovery && (info.state === QUIESCED || info.state === FAIL_IO) ? 'recoverable' : 'ours';
+}
+
+const QUIESCED = 2;
+const FAIL_IO = 3;
 
 /** Runs the server in this process (add --foreground). */
 export async function startForeground(o: ServeOptions): Promise<Server> {
@@ -121,17 +157,24 @@ export function kernelDeviceIds(): number[] {
  */
 export async function deleteDevice(id: number, timeoutMs = 10_000): Promise<void> {
   const rec = readRecord(id);
-  // Only processes proven ours are signalled: a pid in a record may since belong to someone else.
-  const supervisor = rec?.supervisor !== undefined && supervises(rec.supervisor, rec) ? rec.supervisor : undefined;
-  const server = rec && serverOf(rec);
-  // The supervisor first, so that it does not restart the server it sees end. Once proven ours, a pid is
-  // waited for until it is gone (the server closes /dev/ublkcN before it deletes the device).
-  const ours = [supervisor, server].filter((p): p is number => p !== undefined);
-  const signal = (sig: NodeJS.Signals) => ours.filter(processAlive).forEach((p) => process.kill(p, sig));
-  signal('SIGTERM');
-  const end = Date.now() + timeoutMs;
-  while (ours.some(processAlive) && Date.now() < end) await sleep(50);
-  signal('SIGKILL');
+  // Only processes proven ours are signalled, through a pidfd taken before the proof: a pid in a record
+  // may since belong to someone else. The supervisor first, so that it does not restart the server it
+  // sees end; each is waited for until it is gone (the server closes /dev/ublkcN before it deletes the
+  // device).
+  const ours = rec
+    ? [
+        rec.supervisor !== undefined ? ProcessHandle.prove(rec.supervisor, (p) => supervises(p, rec)) : undefined,
+        ProcessHandle.prove(rec.pid, (p) => servesDevice(p, rec.id)),
+      ].filter((h): h is ProcessHandle => h !== undefined)
+    : [];
+  try {
+    ours.forEach((h) => h.signal('SIGTERM'));
+    const end = Date.now() + timeoutMs;
+    while (ours.some((h) => !h.exited()) && Date.now() < end) await sleep(50);
+    ours.forEach((h) => h.signal('SIGKILL'));
+  } finally {
+    ours.forEach((h) => h.close());
+  }
   removeRecord(id);
   // Its server removes the link as it ends; not one that was killed.
   if (rec?.name !== undefined) removeLink(rec.name, id);

@@ -84,7 +84,9 @@ export interface QueueStats {
 export type TargetOptions = Record<string, number | number[] | string>;
 
 export interface NativeDevice {
-  /** Opens the char device, starts the queue threads, FETCHes every tag; rejects on a refused FETCH. */
+  /** Opens the char device and runs the target's init (a handshake); status() is readable after it. */
+  open(): Promise<void>;
+  /** After open(): starts the queue threads, FETCHes every tag; rejects on a refused FETCH. */
   start(): Promise<void>;
   /** Resolves when every queue thread has ended; rejects as soon as one queue fails. */
   wait(): Promise<void>;
@@ -97,7 +99,8 @@ export interface NativeDevice {
   status(): string;
   /** The queues' counters since start, summed. */
   stats(): QueueStats;
-  /** Completions of bridged requests, 24-byte records (src/bridge.ts); returns how many were refused. */
+  /** Completions of bridged requests, 24-byte records (src/bridge.ts); returns how many were refused now
+   * (a queue's hand-over was full), moved to the front of batch to be handed again. */
   complete(batch: Buffer): number;
   /** /dev/ublkcN as the native side holds it: for user copy. Owned there; valid until close(). */
   charFd(): number;
@@ -109,6 +112,8 @@ export interface Abi {
   commands: Record<string, number>;
   ioCommands: Record<string, number>;
   flags: Record<string, bigint>;
+  /** UBLK_ATTR_*: the device attributes of SET_PARAMS. */
+  attrs: Record<'READ_ONLY' | 'ROTATIONAL' | 'VOLATILE_CACHE' | 'FUA', number>;
   sizes: Record<string, number>;
   userCopyOffset(q: number, tag: number): bigint;
 }
@@ -128,6 +133,12 @@ interface Addon {
   updateSize(id: number, sectors: number | bigint): Promise<number>;
   startUserRecovery(id: number): Promise<number>;
   endUserRecovery(id: number, pid: number): Promise<number>;
+  /** A pidfd for pid (close it with fs.closeSync); throws with code ESRCH if there is no such process. */
+  pidfdOpen(pid: number): number;
+  /** Signals the process the pidfd names; throws with code ESRCH once it has ended. */
+  pidfdSignal(fd: number, signo: number): void;
+  /** Whether the process the pidfd names has ended. */
+  pidfdExited(fd: number): boolean;
   Device: new (o: DeviceOptions) => NativeDevice;
   abi: Abi;
 }

@@ -6,10 +6,11 @@ import { addon, type DataMode, type DevInfo, type NativeDevice, type Params } fr
 import { LIMITS } from './device-options.js';
 import { chooseMode, getFeatures, modeFlags } from './features.js';
 import { explain, isKernelError, UserError } from './errors.js';
-import { loadTarget } from './targets.js';
+import { isTargetPath, loadTarget } from './targets.js';
 import { removeRecord, writeRecord, writeStats, type DeviceRecord } from './state.js';
 import type { OpenedTarget, TargetSpec } from './target.js';
 import { Bridge } from './bridge.js';
+import { reattachRefusal } from './reattach-check.js';
 
 export interface ServeOptions {
   target: string;
@@ -88,6 +89,9 @@ export class Server {
    */
   static async start(o: ServeOptions): Promise<Server> {
     const spec = o.spec ?? (await loadTarget(o.target));
+    // A later server of a device whose data lived in its dead server's memory would serve an empty disk.
+    if (spec.volatile && (o.supervisor !== undefined || o.recover !== undefined))
+      throw new UserError(`target ${spec.name} keeps its data in its server process: ${o.recover !== undefined ? 'nothing to recover' : '--restart would re-attach an empty disk'}`);
     const features = await getFeatures();
     const attach = o.recover === undefined ? await create(o, spec, features) : await reattach(o.recover, o, spec);
     const { info, mode, opened } = attach;
@@ -113,26 +117,30 @@ export class Server {
         buffers: bridge?.buffers,
       });
       bridge?.attach(dev);
-      // FETCH every tag first: START_DEV waits for them, and the partition scan reads at once.
-      await dev.start();
+      await dev.open();
       // A target whose native side learns the geometry (a network export's size) settles it now.
       const shape = opened.afterStart ? opened.afterStart(parseStatus(dev.status())) : opened;
       const sectors = Math.floor(shape.size / 512);
+      if (o.recover !== undefined) {
+        // Before any FETCH: once a queue has fetched every tag, the kernel hands it IO again.
+        const refused = reattachRefusal(devId, await addon.getParams(devId), shape);
+        if (refused !== undefined) throw new UserError(`${refused}: not re-attaching`, 'backend');
+      }
+      // FETCH every tag first: START_DEV waits for them, and the partition scan reads at once.
+      await dev.start();
       if (o.recover === undefined) {
         const params: Params = { ...shape.params, devSectors: sectors, maxSectors: info.maxIoBufBytes / 512 };
         await addon.setParams(devId, params);
         await addon.startDev(devId, process.pid);
         await waitForDisk(devId, sectors);
       } else {
-        // The kernel kept the geometry; a backing that changed size since would misplace data.
-        const kept = (await addon.getParams(devId)).devSectors;
-        if (kept !== sectors) throw new UserError(`device ${devId} has ${kept} sectors but its target now has ${sectors}: not re-attaching`);
         await addon.endUserRecovery(devId, process.pid);
       }
       const record: DeviceRecord = {
         id: devId,
         pid: process.pid,
-        target: spec.name,
+        // A target given by path is that path: its module may take a built-in's name.
+        target: isTargetPath(o.target) ? o.target : spec.name,
         mode,
         queues: info.nrHwQueues,
         depth: info.queueDepth,
@@ -192,7 +200,7 @@ interface Attach {
 }
 
 async function create(o: ServeOptions, spec: TargetSpec, features: bigint): Promise<Attach> {
-  const queues = o.queues ?? Math.min(os.availableParallelism(), DEFAULT_QUEUES_CAP);
+  const queues = o.queues ?? spec.defaultQueues ?? Math.min(os.availableParallelism(), DEFAULT_QUEUES_CAP);
   const depth = o.depth ?? 128;
   const [qmin, qmax] = LIMITS.queues;
   const [dmin, dmax] = LIMITS.depth;
@@ -202,7 +210,7 @@ async function create(o: ServeOptions, spec: TargetSpec, features: bigint): Prom
   const opened = await spec.open(o.targetOptions);
   let devId: number | undefined;
   try {
-    const flags = modeFlags(mode) | copyFlags(opened, mode, features) | recoveryFlags(o.recovery === true, features);
+    const flags = modeFlags(mode) | copyFlags(opened, mode, features) | recoveryFlags(o.recovery === true && !spec.volatile, features);
     const info = await addon.addDev({ devId: o.id ?? -1 >>> 0, queues, depth, maxIoBufBytes: o.maxIoBytes ?? MAX_IO_BYTES, flags });
     devId = info.devId;
     o.onAdded?.(devId);

@@ -37,6 +37,12 @@ export interface TargetSpec {
   options: Record<string, Options>;
   /** False for targets that never touch request data: they need neither a lease nor a copy. */
   movesData: boolean;
+  /** The queue count when `--queues` is not given (default: one per CPU, capped): a target whose backend
+   * may not take a connection per queue asks for fewer. */
+  defaultQueues?: number;
+  /** Its data lives in its server process (memory): a later server of the device would serve an empty disk,
+   * so the device gets no user recovery, and `recover` and `--restart` refuse it. */
+  volatile?: boolean;
   /** Validates the options and opens the backend; throws a UserError with one line on bad input. */
   open(opts: Record<string, unknown>): Promise<OpenedTarget>;
 }

@@ -27,11 +27,33 @@ function asSpec(x: TargetSpec | TypeScriptTarget): TargetSpec {
   return 'movesData' in x ? x : defineTarget(x);
 }
 
+const OTHERS_WRITE = 0o022;
+const STICKY = 0o1000;
+
+/**
+ * A module given by path runs with the rights of whoever runs ublk-ts (root, as a rule), so it must be as
+ * much ours as the state directory is: the file, and every folder above it, owned by root or the caller
+ * and writable by no one else; a folder whose sticky bit keeps others from replacing what is not theirs
+ * (/tmp) may be writable by others. Symlinks are followed first: what is checked is what is imported.
+ */
+function untrustedModule(file: string): string | undefined {
+  const uid = process.geteuid?.() ?? 0;
+  const real = fs.realpathSync(file);
+  for (let p = real; ; p = path.dirname(p)) {
+    const st = fs.statSync(p);
+    if (st.uid !== 0 && st.uid !== uid) return `${p} belongs to uid ${st.uid}, not root${uid === 0 ? '' : ` or ${uid}`}`;
+    if (st.mode & OTHERS_WRITE && !(p !== real && st.mode & STICKY)) return `${p} is writable by others (mode ${(st.mode & 0o7777).toString(8)})`;
+    if (p === path.dirname(p)) return undefined;
+  }
+}
+
 export async function loadTarget(name: string): Promise<TargetSpec> {
   let file: string;
   if (isTargetPath(name)) {
     file = path.resolve(name);
     if (!fs.existsSync(file)) throw new UserError(`--target ${name}: no such file`, 'not-found');
+    const why = untrustedModule(file);
+    if (why) throw new UserError(`--target ${name}: refusing to load it: ${why}`);
   } else {
     if (!targetNames().includes(name)) throw new UserError(`unknown target "${name}" (have: ${targetNames().join(', ')})`);
     file = path.join(dir, name, 'index.js');

@@ -6,14 +6,14 @@ import { errorKind, oneLine, UserError, type ErrorKind } from './errors.js';
 import { checkName, configuredDevice, readConfig, type ConfigEntry } from './config.js';
 import { linkPath, makeLink } from './dev-links.js';
 import { requireDriver } from './features.js';
-import { addDevice, deleteDevice } from './lifecycle.js';
+import { addDevice, deleteDevice, heldUnder, recoverDevice } from './lifecycle.js';
 import { checkTarget } from './usage.js';
-import { readRecords, recordByName, servesDevice, type DeviceRecord } from './state.js';
+import { readRecords, recordByName, removeRecord, servesDevice, type DeviceRecord } from './state.js';
 import type { ConfiguredDevice } from './config.js';
 
 export interface Outcome {
   name: string;
-  state: 'up' | 'already-up' | 'down' | 'already-down' | 'failed';
+  state: 'up' | 'already-up' | 'recovered' | 'down' | 'already-down' | 'failed';
   id?: number;
   /** The stable path, /dev/ublk-ts/NAME. */
   path?: string;
@@ -88,8 +88,16 @@ export async function up(file: string, names: readonly string[] | 'all', on: OnO
   }
   for (const r of ready) {
     try {
-      // Its server is gone, but the kernel may still hold the device: free it before making another.
-      if (r.stale) await deleteDevice(r.stale.id).catch(() => undefined);
+      // Its server is gone, but the kernel may still hold the device: one waiting for a new server gets
+      // one (a filesystem on it keeps its data); one proven the record's is freed before making another;
+      // a device that is not the record's is never touched.
+      const held = r.stale ? await heldUnder(r.stale) : 'none';
+      if (r.stale && held === 'recoverable') {
+        tell(reached(r.name, 'recovered', await recoverDevice(r.stale.id)));
+        continue;
+      }
+      if (r.stale && held === 'ours') await deleteDevice(r.stale.id).catch(() => undefined);
+      else if (r.stale) removeRecord(r.stale.id);
       tell(reached(r.name, 'up', await addDevice(r.serve)));
     } catch (e) {
       tell(failed(r.name, e));

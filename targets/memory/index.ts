@@ -1,6 +1,7 @@
 // memory: a RAM disk written in TypeScript, on the public API (src/api.ts). Sparse: memory is taken in
 // 64 KiB chunks on first write; untouched chunks read as zeroes; discard and write-zeroes give whole
-// chunks back, to the OS.
+// chunks back, to the OS. Its data lives in the server process, so it declares no `persistent`: its devices
+// get no user recovery (a new server would serve an empty disk).
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { defineTarget, type BlockRequest } from '../../src/api.js';
@@ -33,7 +34,7 @@ function collector(): () => void {
 
 export default defineTarget({
   name: 'memory',
-  describe: 'a sparse RAM disk written in TypeScript (gone when the device is deleted)',
+  describe: 'a sparse RAM disk written in TypeScript (gone when the device is deleted or its server dies)',
   options: { size: { describe: 'device size, e.g. 1G (memory: default 256M, taken as it is written)' } },
   open(opts) {
     const size = parseSize(String(opts.size ?? '256M'));

@@ -85,6 +85,9 @@ const spec: TargetSpec = {
   name: 'nbd',
   describe: 'an NBD server (nbdkit, qemu-nbd, nbd-server) over TCP or a unix socket',
   movesData: true,
+  // One connection unless --queues asks for more: most servers (qemu-nbd by default, nbd-server) do not
+  // set NBD_FLAG_CAN_MULTI_CONN, and a default that only nbdkit could take would fail for them.
+  defaultQueues: 1,
   options: {
     host: { type: 'string', describe: 'NBD server host name or address' },
     port: { type: 'number', default: 10809, describe: 'NBD server TCP port' },

@@ -16,7 +16,10 @@
  *              --timeout drops the connection (shutdown). Without --reconnect everything held and everything
  *              new fails with EIO. With it, a worker thread connects again with backoff (the queue thread
  *              never blocks), the queue swaps the new socket into its fixed-file slot once nothing of the old
- *              one is in flight, and resends what it held, in the order it first sent it.
+ *              one is in flight, and resends what it held, in the order it first sent it. Acknowledged writes no
+ *              FLUSH had covered when a connection was lost make the next FLUSH fail (durable()).
+ *   teardown   a request the engine ends (a drain) is forgotten at once (on_release): no reply, resend or run
+ *              touches it again, and nothing more goes on that queue's wire.
  *
  * Only simple replies are negotiated: a simple READ reply is one header followed by exactly the request's
  * bytes, which one receive puts into the lease. Structured replies may split a read into chunks at any offset
@@ -29,6 +32,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -82,6 +86,13 @@ struct nbd {
 	int cancel_fd = -1; /* interrupts the worker's handshake and backoff at deinit */
 	std::thread worker;
 	std::string last_error; /* under mu */
+
+	/* Writes acknowledged without FUA, numbered across connections, and the highest number a successful FLUSH
+	 * covered (one FLUSH covers every connection's: we open more than one only with CAN_MULTI_CONN). */
+	std::atomic<uint64_t> acks{0}, flushed{0};
+	/* Connections lost while holding acknowledged writes no FLUSH had covered yet (the server instance that
+	 * took them is gone), and how many of those losses a failed FLUSH has reported. */
+	std::atomic<uint32_t> losses{0}, reported{0};
 };
 
 /* ---- small helpers ---- */
@@ -361,6 +372,7 @@ struct slot {
 	uint16_t cflags;
 	uint32_t seq; /* order of first sending, kept for resends */
 	int64_t deadline;
+	uint64_t mark; /* a FLUSH: nbd::acks when it went on the wire */
 };
 
 /* Cookies of the queue's own ring operations (queue-wide, tq_sqe without a request). */
@@ -382,6 +394,8 @@ struct nbd_q {
 	unsigned wire;  /* our members in flight on the socket */
 	unsigned held;  /* slots in use */
 	uint32_t seq;
+	uint16_t salt;    /* the top 16 bits of every cookie on this queue (see on_reply) */
+	uint64_t last_ack; /* the number (nbd::acks) of the last write this connection acknowledged without FUA */
 	bool recv_armed, timer_armed, timer_multishot, ev_armed, fupd_busy, stopping;
 	int pending_fd; /* a reconnected socket waiting until nothing of the old one is in flight */
 	int fupd_fd;    /* read by IORING_OP_FILES_UPDATE */
@@ -480,10 +494,11 @@ static void put_on_wire(struct tq *tq, struct nbd_q *nq, struct request *req)
 	h.magic = htobe32(NBD_REQUEST_MAGIC);
 	h.flags = htobe16(s.cflags);
 	h.type = htobe16(s.cmd);
-	h.cookie = htobe64((uint64_t)req->tag | (uint64_t)req->gen << 16);
+	h.cookie = htobe64((uint64_t)req->tag | (uint64_t)req->gen << 16 | (uint64_t)nq->salt << 48);
 	h.offset = htobe64(flush ? 0 : req->offset);
 	h.len = htobe32(flush ? 0 : req->len);
 	s.phase = P_SENT;
+	s.mark = nq->n->acks.load();
 	if (gather) {
 		nq->ring_tail++;
 		nq->run_owner = req->tag;
@@ -537,6 +552,10 @@ static void conn_lost(struct tq *tq, struct nbd_q *nq, const std::string &why)
 	struct nbd *n = nq->n;
 	set_error(n, "queue " + std::to_string(tq->q_id) + ": " + why);
 	shutdown(c->fd, SHUT_RDWR);
+	if (nq->last_ack > n->flushed.load() && (n->ei.flags & NBD_FLAG_SEND_FLUSH)) {
+		n->losses++; /* the next FLUSH fails: see durable() */
+		nq->last_ack = 0;
+	}
 	nq->reply_got = 0;
 	nq->ring_tail = nq->open_at; /* a run not sent yet: its requests are resent or failed below */
 	if (n->reconnect > 0 && !nq->stopping) {
@@ -641,6 +660,26 @@ static void on_event(struct tq *tq, struct nbd_q *nq, int res)
 	}
 }
 
+/* A write, FLUSH or FUA request the server acknowledged: what the device may report. NBD's FLUSH covers only
+ * what the server instance it reaches completed, so after a connection was lost holding acknowledged
+ * writes no FLUSH had covered, the first FLUSH to complete fails with EIO (as a failed writeback would),
+ * and FUA writes fail until it has: the filesystem learns that acknowledged writes may be gone. */
+static int durable(struct nbd_q *nq, const struct slot &s)
+{
+	bool write = s.cmd == NBD_CMD_WRITE || s.cmd == NBD_CMD_TRIM || s.cmd == NBD_CMD_WRITE_ZEROES;
+	bool fua = s.cflags & NBD_CMD_FLAG_FUA;
+	struct nbd *n = nq->n;
+	if (write && !fua)
+		nq->last_ack = n->acks.fetch_add(1) + 1;
+	uint64_t f = n->flushed.load();
+	while (s.cmd == NBD_CMD_FLUSH && f < s.mark && !n->flushed.compare_exchange_weak(f, s.mark))
+		;
+	uint32_t losses = n->losses.load();
+	if (s.cmd == NBD_CMD_FLUSH)
+		return n->reported.exchange(losses) != losses ? -EIO : 0;
+	return fua && n->reported.load() != losses ? -EIO : 0;
+}
+
 static void on_reply(struct tq *tq, struct nbd_q *nq, int res)
 {
 	nq->recv_armed = false;
@@ -674,7 +713,7 @@ static void on_reply(struct tq *tq, struct nbd_q *nq, int res)
 	uint64_t cookie = be64toh(nq->reply.cookie);
 	uint16_t tag = cookie & 0xffff;
 	uint32_t gen = (uint32_t)(cookie >> 16);
-	struct slot *s = (cookie >> 48) == 0 && tag < nq->slots.size() ? &nq->slots[tag] : nullptr;
+	struct slot *s = (cookie >> 48) == nq->salt && tag < nq->slots.size() ? &nq->slots[tag] : nullptr;
 	/* Stale (an earlier request on this tag) or never sent: the stream cannot be trusted any more. */
 	if (!s || s->phase != P_SENT || s->gen != gen || s->req->gen != gen) {
 		conn_lost(tq, nq, "a reply for an unknown cookie");
@@ -687,6 +726,10 @@ static void on_reply(struct tq *tq, struct nbd_q *nq, int res)
 		return;
 	}
 	if (err) {
+		/* Never a payload after an error (doc/proto.md: a server that does not disconnect MUST NOT send
+		 * one; nbdkit, qemu-nbd and nbd-server do not), so the next bytes are read as a header. A server
+		 * that sends one anyway is caught there: its bytes would have to carry the reply magic and this
+		 * queue's random salt to pass as a header, and anything else drops the connection. */
 		finish_slot(tq, nq, tag, nbd_errno(err));
 	} else if (s->cmd == NBD_CMD_READ) {
 		/* The payload follows the header: straight into the request's buffer, before the next header. */
@@ -697,7 +740,7 @@ static void on_reply(struct tq *tq, struct nbd_q *nq, int res)
 		request_run(tq, s->req);
 		return;
 	} else {
-		finish_slot(tq, nq, tag, 0);
+		finish_slot(tq, nq, tag, durable(nq, *s));
 	}
 	arm_recv(tq, nq);
 }
@@ -788,12 +831,34 @@ static enum member_fold nbd_on_member(struct tq *tq, struct request *req, unsign
 	return fold;
 }
 
+/* The engine ended a request we held (the queue is draining): forget its slot, so that no reply, resend
+ * or gathered run touches it again, and put nothing more on this queue's wire. */
+static void nbd_on_release(struct tq *tq, struct request *req)
+{
+	struct nbd_q *nq = Q(tq);
+	struct slot &s = nq->slots[req->tag];
+	if (s.phase != P_FREE && s.req == req && s.gen == req->gen) {
+		s.phase = P_FREE;
+		s.req = nullptr;
+		nq->held--;
+	}
+	nq->ring_tail = nq->open_at; /* a run not sent yet: its requests are being released too */
+	enter_stopping(nq);
+}
+
 static int nbd_queue_io(struct tq *tq, struct request *req)
 {
 	struct nbd_q *nq = Q(tq);
 	struct nbd *n = nq->n;
 	uint16_t flags = n->ei.flags, cmd, cflags = 0;
-	bool fua = (req->flags & UBLK_IO_F_FUA) && (flags & NBD_FLAG_SEND_FUA);
+	bool fua = req->flags & UBLK_IO_F_FUA;
+	/* The kernel sends FLUSH only to a device with a write cache, and FUA only to one that declared it: a
+	 * connection that cannot carry them (a server re-attached by `recover` that lost the capability) fails
+	 * the request rather than let it look durable. */
+	if ((fua && !(flags & NBD_FLAG_SEND_FUA)) || (req->op == UBLK_IO_OP_FLUSH && !(flags & NBD_FLAG_SEND_FLUSH))) {
+		req->result = -EIO;
+		return QUEUE_IO_DONE;
+	}
 	switch (req->op) {
 	case UBLK_IO_OP_READ:
 		cmd = NBD_CMD_READ;
@@ -809,10 +874,6 @@ static int nbd_queue_io(struct tq *tq, struct request *req)
 		req->copy = n->send == SEND_COPY;
 		break;
 	case UBLK_IO_OP_FLUSH:
-		if (!(flags & NBD_FLAG_SEND_FLUSH)) {
-			req->result = 0; /* no cache to flush: the device was set up without one */
-			return QUEUE_IO_DONE;
-		}
 		cmd = NBD_CMD_FLUSH;
 		break;
 	case UBLK_IO_OP_DISCARD:
@@ -839,14 +900,13 @@ static int nbd_queue_io(struct tq *tq, struct request *req)
 		req->result = -EIO; /* the TypeScript side refuses such a server; never sent */
 		return QUEUE_IO_DONE;
 	}
-	if (nq->stopping || nq->c->state.load() == CONN_DEAD) {
-		req->result = -EIO;
+	if (nq->stopping || tq_draining(tq) || nq->c->state.load() == CONN_DEAD) {
+		req->result = -EIO; /* nothing new goes on the wire of a queue that is stopping */
 		return QUEUE_IO_DONE;
 	}
 	struct slot &s = nq->slots[req->tag];
-	if (s.phase == P_FREE)
-		nq->held++; /* else the engine let the last one go while draining */
-	s = {req, req->gen, P_QUEUED, cmd, cflags, nq->seq++, now_ms() + n->srv.timeout_ms};
+	nq->held++;
+	s = {req, req->gen, P_QUEUED, cmd, cflags, nq->seq++, now_ms() + n->srv.timeout_ms, 0};
 	if (nq->c->state.load() == CONN_UP)
 		put_on_wire(tq, nq, req); /* the engine issues what queue_io added */
 	return QUEUE_IO_PENDING;
@@ -874,6 +934,9 @@ static int nbd_queue_init(struct tq *tq)
 	nq->slots.assign(tq->depth, slot{});
 	nq->pending_fd = -1;
 	nq->timer_multishot = true;
+	/* Never 0, the likeliest top of stray bytes (zeroes) that could pass for a header. */
+	(void)!getrandom(&nq->salt, sizeof(nq->salt), GRND_NONBLOCK);
+	nq->salt |= 1;
 	int64_t tick = std::min<int64_t>(1000, std::max<int64_t>(100, n->srv.timeout_ms / 4));
 	nq->tick = {tick / 1000, (tick % 1000) * 1000000};
 	tq->priv = nq;
@@ -946,6 +1009,7 @@ static const struct target_ops nbd_target_ops = {
 	.queue_deinit = nbd_queue_deinit,
 	.queue_io = nbd_queue_io,
 	.on_member = nbd_on_member,
+	.on_release = nbd_on_release,
 	.on_cqe = nbd_on_cqe,
 	.queue_idle = nbd_queue_idle,
 	.queue_ops = 4, /* the reply receive, the timer, the reconnect wake-up, the socket swap */

@@ -3,20 +3,34 @@
 // same offset. Requests that touch chunks all in one state are routed (served on the lease, kernel to
 // kernel: the bytes never reach JavaScript); only the first write to a chunk comes here, for a
 // read-modify-write of the chunk from the base. Which chunks are written is kept in FILE.map, so the
-// overlay survives del and re-add; the base is opened read-only and never changes.
+// overlay survives del and re-add, and a crashed server (`recover`, `--restart`); the base is opened
+// read-only and never changes.
 import fs from 'node:fs';
 import { defineTarget, type BlockDevice, type BlockRequest, type Route } from '../../src/api.js';
 
 const CHUNK = 64 * 1024;
+/** Any filesystem's block fits: the base and the overlay are regular files, read and written buffered. */
+const BLOCK = 512;
+/** A chunk's entry in FILE.map once it is in the overlay. */
+const WRITTEN = Buffer.from([1]);
 
-type PositionalIo = (fd: number, buf: Buffer, off: number, len: number, pos: number, cb: (e: Error | null) => void) => void;
-/** fs.read or fs.write at a position, on libuv's pool, as a promise. */
-const pio = (f: PositionalIo, fd: number, buf: Buffer, off: number, len: number, pos: number) =>
-  new Promise<void>((res, rej) => f(fd, buf, off, len, pos, (e) => (e ? rej(e) : res())));
+type PositionalIo = (fd: number, buf: Buffer, off: number, len: number, pos: number, cb: (e: Error | null, n: number) => void) => void;
+/**
+ * fs.read or fs.write of all len bytes at a position, on libuv's pool, as a promise. A short transfer (a
+ * write on a filling filesystem) is continued; the next try then fails (ENOSPC), or makes no progress.
+ */
+async function pio(f: PositionalIo, fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<void> {
+  for (let done = 0; done < len; ) {
+    const n = await new Promise<number>((res, rej) => f(fd, buf, off + done, len - done, pos + done, (e, k) => (e ? rej(e) : res(k))));
+    if (n === 0) throw new Error(`${f === fs.read ? 'read' : 'write'} of ${len - done} bytes at ${pos + done} made no progress`);
+    done += n;
+  }
+}
 
 export default defineTarget({
   name: 'overlay',
   describe: 'copy-on-write over a read-only base image (TypeScript)',
+  persistent: true,
   options: {
     base: { describe: 'the read-only base image' },
     overlay: { describe: 'where written chunks go (made if missing; FILE.map beside it holds which)' },
@@ -25,7 +39,7 @@ export default defineTarget({
     if (typeof opts.base !== 'string' || typeof opts.overlay !== 'string') throw new Error('needs --base IMG and --overlay FILE');
     const base = fs.openSync(opts.base, 'r');
     const st = fs.fstatSync(base);
-    const size = st.size - (st.size % 4096);
+    const size = st.size - (st.size % BLOCK);
     // A directory or a device has no size here: say what it is rather than that it is empty.
     const wrong = !st.isFile() ? 'is not a regular file' : size === 0 ? 'is empty' : undefined;
     if (wrong) {
@@ -73,9 +87,11 @@ export default defineTarget({
         req.data.copy(buf, lo - start, lo - req.offset, hi - req.offset);
         await pio(fs.write, over, buf, 0, len, start);
         await new Promise<void>((res, rej) => fs.fdatasync(over, (e) => (e ? rej(e) : res())));
-        map[i] = 1;
         if (mapFd < 0) mapFd = fs.openSync(mapPath, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
-        await pio(fs.write, mapFd, map, i, 1, i);
+        // Written in the map here only once the file says so too: a later write routed to the chunk
+        // must not be lost to a map that forgot it.
+        await pio(fs.write, mapFd, WRITTEN, 0, 1, i);
+        map[i] = 1;
         copiedUp++;
       })();
       busy.set(i, done);
@@ -89,7 +105,7 @@ export default defineTarget({
 
     return {
       size,
-      blockSize: 4096,
+      blockSize: BLOCK,
       files: [base, over],
       info: { base: opts.base, overlay: opts.overlay },
       route(req): Route | undefined {

@@ -65,6 +65,7 @@ describe('a FETCH the kernel refuses', () => {
     const info = await addon.addDev({ queues: 1, depth: 4, maxIoBufBytes: 1 << 20, flags: 0n });
     const dev = new addon.Device({ devId: info.devId, queues: 1, depth: 4, maxIoBufBytes: 1 << 20, mode: 'user-copy', target: 'null', fds: [] });
     const t0 = Date.now();
+    await dev.open();
     await expect(dev.start()).rejects.toThrow(/refused FETCH of tag \d+: Invalid argument/);
     expect(Date.now() - t0).toBeLessThan(5000);
     dev.forceStop();

@@ -1,5 +1,5 @@
 // Shared by the kernel suite: run the CLI and shell tools, and leave no device behind.
-import { execFileSync, spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { expect, onTestFinished } from 'vitest';
@@ -93,4 +93,66 @@ export async function nothingLeft(): Promise<void> {
   for (let i = 0; i < 100 && (ublkDevices().length > 0 || serverPids().length > 0); i++) await sleep(100);
   expect(ublkDevices()).toEqual([]);
   expect(serverPids()).toEqual([]);
+}
+
+/** Polls `ok` until it holds; throws after `ms`, naming what was awaited. */
+export async function waitFor(what: string, ok: () => boolean, ms: number): Promise<void> {
+  for (const t0 = Date.now(); Date.now() - t0 < ms; await sleep(100)) if (ok()) return;
+  throw new Error(`${what}: not within ${ms} ms`);
+}
+
+/** A server in the foreground, killed when the test ends; resolves once its unix socket exists. */
+export async function socketServer(cmd: string, args: string[], sock: string): Promise<ChildProcess> {
+  fs.rmSync(sock, { force: true });
+  const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  p.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+  onTestFinished(() => {
+    p.kill('SIGKILL');
+  });
+  await waitFor(`${cmd} socket ${sock}`, () => fs.existsSync(sock) || p.exitCode !== null, 20_000);
+  if (!fs.existsSync(sock)) throw new Error(`${cmd} ${args.join(' ')} ended (${p.exitCode}) before its socket appeared: ${err.trim()}`);
+  return p;
+}
+
+/** nbdkit in the foreground on a unix socket (killed when the test ends). */
+export const nbdkit = (sock: string, ...args: string[]) => socketServer('nbdkit', ['-f', '--exit-with-parent', '-U', sock, ...args], sock);
+
+/** Ends a server started above and waits until it is gone. */
+export async function stopServer(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  const gone = new Promise((r) => p.once('exit', r));
+  p.kill('SIGKILL');
+  await gone;
+}
+
+/** A loop device over a sparse file on the guest's tmpfs, direct IO; detached when the test ends. */
+export function loopDevice(file: string, size: string, sectorSize: number): string {
+  sh(`truncate -s ${size} ${file}`);
+  const loop = sh(`losetup --show -f --sector-size ${sectorSize} --direct-io=on ${file}`).trim();
+  onTestFinished(() => {
+    sh(`losetup -d ${loop} || true`);
+  });
+  return loop;
+}
+
+/** A request queue limit of block device dev, from sysfs. */
+export const queueAttr = (dev: string, name: string) => fs.readFileSync(`/sys/block/${path.basename(dev)}/queue/${name}`, 'utf8').trim();
+
+/** The sectors block device dev has discarded so far (/sys/block/<dev>/stat, field 14). */
+export const discardedSectors = (dev: string) => Number(fs.readFileSync(`/sys/block/${path.basename(dev)}/stat`, 'utf8').trim().split(/\s+/)[13]);
+
+/** scsi_debug parameters: 4096-byte sectors that discard (UNMAP) in 16 KiB grains, 1 MiB at a time, and read back zeroes there. */
+export const SCSI_DEBUG_4K_DISCARD = 'sector_size=4096 lbpu=1 lbprz=1 unmap_granularity=4 unmap_max_blocks=256';
+
+/** scsi_debug's one disk, 16 MiB, with `params` (it has no discard unless they ask); unloaded when the test ends. */
+export async function scsiDebug(params: string): Promise<string> {
+  const mods = process.env.UBLK_TS_KMOD_DIR;
+  sh(`modprobe -d ${mods} sd_mod && modprobe -d ${mods} scsi_debug dev_size_mb=16 delay=0 ${params}`);
+  onTestFinished(() => {
+    sh('rmmod scsi_debug || true');
+  });
+  const disk = () => sh('ls /sys/bus/pseudo/drivers/scsi_debug/adapter0/host*/target*/*/block 2>/dev/null || true').trim();
+  await waitFor('the scsi_debug disk', () => disk() !== '' && fs.existsSync(`/dev/${disk()}`), 20_000);
+  return `/dev/${disk()}`;
 }

@@ -2,12 +2,14 @@
 // verification at QD64 on two queues in every data mode and send mode, ext4 whose 200 MB of files survive del
 // and re-add over nbdkit and over qemu-nbd's qcow2, a read-only export,
 // handshakes that fail in one line and leave nothing, a server that dies or hangs under fio (EIO within
-// --timeout, no hang, del works), and a reconnect across a server restart.
+// --timeout, no hang, del works), a reconnect across a server restart; add with no --queues against qemu-nbd and
+// nbd-server, a FLUSH after a reconnect that lost cached writes, a READ error reply carrying a payload, and
+// del while requests wait on a slow server.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
-import { cli, cliJson, delAll, fioInBackground, nothingLeft, scratch, sh, sleep, type AddedDevice } from './helpers.js';
+import { cli, cliJson, delAll, fioInBackground, inflight, nbdkit, nothingLeft, scratch, sh, sleep, socketServer, waitFor, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
 
@@ -44,30 +46,11 @@ function listed(id: number): AddedDevice {
   return d;
 }
 
-async function waitFor(what: string, ok: () => boolean, ms: number): Promise<void> {
-  for (const t0 = Date.now(); Date.now() - t0 < ms; await sleep(100)) if (ok()) return;
-  throw new Error(`${what}: not within ${ms} ms`);
-}
-
-/** A server in the foreground, killed when the test ends; resolves once its unix socket exists. */
-async function server(cmd: string, args: string[], sock: string): Promise<ChildProcess> {
-  fs.rmSync(sock, { force: true });
-  const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  p.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-  onTestFinished(() => {
-    p.kill('SIGKILL');
-  });
-  await waitFor(`${cmd} socket ${sock} (${err})`, () => fs.existsSync(sock), 20_000);
-  return p;
-}
-
-const nbdkit = (sock: string, ...args: string[]) => server('nbdkit', ['-f', '--exit-with-parent', '-U', sock, ...args], sock);
 
 /** qemu-nbd serving a new qcow2 image of `size` in `dir` (`extra`: e.g. an export name). */
 function qemuNbd(dir: string, sock: string, size: string, extra: string[] = []): Promise<ChildProcess> {
   sh(`qemu-img create -q -f qcow2 ${dir}/disk.qcow2 ${size}`);
-  return server('qemu-nbd', ['-t', '-k', sock, '-f', 'qcow2', ...extra, `${dir}/disk.qcow2`], sock);
+  return socketServer('qemu-nbd', ['-t', '-k', sock, '-f', 'qcow2', ...extra, `${dir}/disk.qcow2`], sock);
 }
 
 describe('nbd over nbdkit memory', () => {
@@ -213,7 +196,7 @@ describe('exports that are not what they seem', () => {
   it('a listener that is not an NBD server fails add in one line and leaves no device', async () => {
     const dir = scratch('nbd-garbage');
     const sock = path.join(dir, 'http.sock');
-    await server(process.execPath, ['-e', `require('net').createServer((s) => { s.on('error', () => {}); s.end('HTTP/1.0 400 Bad Request\\r\\n\\r\\n'); }).listen(${JSON.stringify(sock)})`], sock);
+    await socketServer(process.execPath, ['-e', `require('net').createServer((s) => { s.on('error', () => {}); s.end('HTTP/1.0 400 Bad Request\\r\\n\\r\\n'); }).listen(${JSON.stringify(sock)})`], sock);
     const r = cli('add', '--target', 'nbd', '--socket', sock, '--queues', '1');
     expect(r.status).not.toBe(0);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
@@ -293,5 +276,170 @@ describe('a server that goes away', () => {
     await waitFor('state connected', () => listed(dev.id).info.state === 'connected', 10_000);
     const info = listed(dev.id).info;
     expect(info.reconnects).toBeGreaterThanOrEqual(1);
+  });
+});
+
+describe('defaults, as a new user runs them', () => {
+  it('add without --queues against qemu-nbd (no NBD_FLAG_CAN_MULTI_CONN) makes one connection; fio verify with zero errors', async () => {
+    const dir = scratch('nbd-default-qemu');
+    const sock = path.join(dir, 'q.sock');
+    await qemuNbd(dir, sock, '64M');
+    const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock);
+    expect(dev.queues).toBe(1);
+    expect(listed(dev.id).info).toMatchObject({ multiConn: false, connections: 1 });
+    fioVerify(dev.blockDevice, 16);
+  });
+
+  it('add without --queues against nbd-server (Debian\'s, from a config file) serves fio verify with zero errors', async () => {
+    const dir = scratch('nbd-default-nbd-server');
+    const sock = path.join(dir, 'n.sock');
+    sh(`truncate -s 64M ${dir}/disk.img`);
+    fs.writeFileSync(`${dir}/config`, `[generic]\nunixsock = ${sock}\n[disk]\nexportname = ${dir}/disk.img\nflush = true\nfua = true\n`);
+    await socketServer('nbd-server', ['-d', '-C', `${dir}/config`], sock);
+    const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--export', 'disk');
+    expect(dev.queues).toBe(1);
+    fioVerify(dev.blockDevice, 16);
+  });
+});
+
+describe('durability across a reconnect', () => {
+  it('--reconnect: a write acknowledged into nbdkit\'s writeback cache, the server killed and restarted: the next fsync fails with EIO', async () => {
+    const dir = scratch('nbd-flush-loss');
+    const sock = path.join(dir, 'nbd.sock');
+    sh(`truncate -s 64M ${dir}/disk.img && head -c 4096 /dev/urandom > ${dir}/block`);
+    const args = ['--filter=cache', 'file', `${dir}/disk.img`, 'cache=writeback'];
+    let srv = await nbdkit(sock, ...args);
+    const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--queues', '1', '--reconnect', '20', '--timeout', '30');
+    sh(`dd if=${dir}/block of=${dev.blockDevice} bs=4k seek=16 oflag=direct conv=notrunc status=none`);
+    const gone = new Promise((r) => srv.once('exit', r));
+    srv.kill('SIGKILL');
+    await gone;
+    srv = await nbdkit(sock, ...args);
+    await waitFor('reconnected', () => listed(dev.id).info.state === 'connected' && Number(listed(dev.id).info.reconnects) >= 1, 20_000);
+    // The write really is gone: the killed server held it in its cache only.
+    expect(sh(`dd if=${dev.blockDevice} bs=4k skip=16 count=1 iflag=direct status=none | cmp -s - ${dir}/block; echo $?`).trim()).toBe('1');
+    const fd = fs.openSync(dev.blockDevice, 'r+');
+    try {
+      expect(() => fs.fsyncSync(fd)).toThrow(/EIO/);
+      fs.fsyncSync(fd); // reported once, as a failed writeback is
+    } finally {
+      fs.closeSync(fd);
+    }
+  });
+});
+
+/**
+ * A server that breaks the protocol on purpose: a READ at TRAP is answered, once a READ at VICTIM waits too,
+ * by an error reply that carries a payload, and that payload begins with what a careless client takes for
+ * the victim's reply (the victim's cookie without its top 16 bits, which is what it would be with no salt),
+ * followed by 0xee bytes. Everything else is served from memory.
+ */
+const LYING_SERVER = `
+const net = require('net');
+const [sock, TRAP, VICTIM] = [process.argv[1], 4 << 20, 5 << 20];
+const SIZE = 16 << 20, disk = Buffer.alloc(SIZE);
+net.createServer((s) => {
+  s.on('error', () => {});
+  let buf = Buffer.alloc(0), stage = 0, trapped = null;
+  s.write(Buffer.concat([Buffer.from('NBDMAGICIHAVEOPT'), Buffer.from([0, 2])]));
+  const reply = (cookie, err, payload) => {
+    const h = Buffer.alloc(16);
+    h.writeUInt32BE(0x67446698, 0);
+    h.writeUInt32BE(err, 4);
+    cookie.copy(h, 8);
+    s.write(payload ? Buffer.concat([h, payload]) : h);
+  };
+  s.on('data', (d) => {
+    buf = Buffer.concat([buf, d]);
+    for (;;) {
+      if (stage === 0) {
+        if (buf.length < 4) return;
+        buf = buf.subarray(4);
+        stage = 1;
+      } else if (stage === 1) {
+        if (buf.length < 16 || buf.length < 16 + buf.readUInt32BE(12)) return;
+        buf = buf.subarray(16 + buf.readUInt32BE(12));
+        const r = Buffer.alloc(10);
+        r.writeBigUInt64BE(BigInt(SIZE), 0);
+        r.writeUInt16BE(1, 8);
+        s.write(r);
+        stage = 2;
+      } else {
+        if (buf.length < 28) return;
+        const type = buf.readUInt16BE(6), cookie = Buffer.from(buf.subarray(8, 16));
+        const off = Number(buf.readBigUInt64BE(16)), len = buf.readUInt32BE(24), wlen = type === 1 ? len : 0;
+        if (buf.length < 28 + wlen) return;
+        const data = buf.subarray(28, 28 + wlen);
+        buf = buf.subarray(28 + wlen);
+        if (type === 0 && off === TRAP) {
+          trapped = { cookie, len };
+        } else if (type === 0 && off === VICTIM && trapped) {
+          const p = Buffer.alloc(trapped.len, 0xee);
+          p.writeUInt32BE(0x67446698, 0);
+          p.writeUInt32BE(0, 4);
+          cookie.copy(p, 8);
+          p.writeUInt16BE(0, 8);
+          reply(trapped.cookie, 5, p);
+          trapped = null;
+        } else if (type === 0) {
+          reply(cookie, 0, disk.subarray(off, off + len));
+        } else if (type === 1) {
+          data.copy(disk, off);
+          reply(cookie, 0);
+        } else if (type === 2) {
+          s.end();
+          return;
+        } else {
+          reply(cookie, 0);
+        }
+      }
+    }
+  });
+}).listen(sock);
+`;
+
+/** A command's exit code and stdout, without blocking the test's event loop. */
+function run(cmd: string, args: string[]): Promise<{ code: number | null; out: Buffer }> {
+  return new Promise((resolve) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'ignore'] });
+    const out: Buffer[] = [];
+    p.stdout.on('data', (d: Buffer) => out.push(d));
+    p.on('close', (code) => resolve({ code, out: Buffer.concat(out) }));
+  });
+}
+
+describe('a READ error reply that carries a payload', () => {
+  it('is never read as the next reply: the read fails, no other read gets its bytes, the connection is dropped', async () => {
+    const sock = path.join(scratch('nbd-error-payload'), 'lie.sock');
+    await socketServer(process.execPath, ['-e', LYING_SERVER, sock], sock);
+    const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--queues', '1', '--timeout', '5');
+    const trap = run('dd', [`if=${dev.blockDevice}`, 'bs=8k', `skip=${(4 << 20) / 8192}`, 'count=1', 'iflag=direct', 'status=none']);
+    await sleep(500);
+    const victim = await run('dd', [`if=${dev.blockDevice}`, 'bs=4k', `skip=${(5 << 20) / 4096}`, 'count=1', 'iflag=direct', 'status=none']);
+    expect((await trap).code).not.toBe(0);
+    // The victim fails with the connection, or reads what the server holds (zeroes): never the payload's bytes.
+    expect(victim.out.includes(0xee)).toBe(false);
+    await waitFor('lastError', () => /unknown cookie|bad magic/.test(String(listed(dev.id).info.lastError)), 5_000);
+  });
+});
+
+describe('teardown', () => {
+  it('del while reads wait on a slow server (nbdkit delay): requests in flight at del, del is prompt, the engine logs no error', async () => {
+    const sock = path.join(scratch('nbd-del-slow'), 'nbd.sock');
+    await nbdkit(sock, '--filter=delay', 'memory', '64M', 'rdelay=300ms', 'wdelay=300ms');
+    const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--queues', '1', '--data-mode', 'auto-lease');
+    const fio = fioInBackground(['--name=d', `--filename=${dev.blockDevice}`, '--ioengine=io_uring', '--direct=1', '--rw=randrw',
+      '--bs=4k', '--iodepth=64', '--size=64M', '--time_based', '--runtime=60']);
+    await sleep(2000);
+    const [reads, writes] = inflight(dev.id);
+    expect(reads + writes).toBeGreaterThan(0);
+    const t0 = Date.now();
+    expect(cli('del', '-n', String(dev.id)).status).toBe(0);
+    console.log(`del with ${reads + writes} requests in flight took ${Date.now() - t0} ms`);
+    expect(Date.now() - t0).toBeLessThan(5_000);
+    await fio.exit;
+    await nothingLeft();
+    const log = fs.readFileSync(dev.log, 'utf8');
+    expect(log).not.toMatch(/uncovered|refused|still in flight|UNREGISTER/);
   });
 });

@@ -2,12 +2,13 @@
 // and fio verify and gives discarded memory back to the OS; a user's own target file (the README's kind)
 // routes most requests to a file on the lease, answers the rest in JavaScript, and a handler that throws or
 // never settles harms only its own requests.
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { deleteDevice } from '../../src/lifecycle.js';
 import { readStats } from '../../src/state.js';
-import { cli, cliJson, delAll, fioInBackground, inflight, noMerges, scratch, serverPids, sh, sleep, ublkDevices, type AddedDevice } from './helpers.js';
+import { CLI, cli, cliJson, delAll, fioInBackground, inflight, noMerges, scratch, serverPids, sh, sleep, ublkDevices, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
 
@@ -148,14 +149,68 @@ describe("a user's own TypeScript target", () => {
   });
 });
 
+/** A module of the user's own that reads as 0x5a, named after a built-in. */
+const IMPOSTOR = `export default { name: 'file', open: () => ({ size: 2 << 20, read: (req) => void req.data.fill(0x5a), info: { impostor: true } }) };\n`;
+
+describe('a target module is imported only if no one else could have changed it', () => {
+  it('refuses one writable by others, in a folder writable by others, or owned by another user, in one line; up too', () => {
+    const dir = scratch('trust');
+    const file = path.join(dir, 'm.mjs');
+    fs.writeFileSync(file, IMPOSTOR, { mode: 0o644 });
+    const conf = path.join(dir, 'devices.json');
+    fs.writeFileSync(conf, JSON.stringify({ devices: { m: { target: file, queues: 1 } } }));
+    const refused = (why: RegExp, ...args: string[]) => {
+      const r = cli(...args);
+      expect(r.status).not.toBe(0);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(why);
+      expect(ublkDevices()).toEqual([]);
+    };
+    const add = ['add', '--target', file, '--queues', '1'];
+    fs.chmodSync(file, 0o666);
+    refused(/m\.mjs is writable by others/, ...add);
+    fs.chmodSync(file, 0o644);
+    fs.chmodSync(dir, 0o777);
+    refused(/trust is writable by others/, ...add);
+    fs.chmodSync(dir, 0o755);
+    fs.chownSync(file, 65534, 65534);
+    refused(/m\.mjs belongs to uid 65534/, ...add);
+    refused(/m\.mjs belongs to uid 65534/, 'up', 'm', '--config', conf);
+    // Owned by root and writable by root alone, below /tmp (others may write there, but the sticky bit
+    // keeps them from replacing what is not theirs): loaded.
+    fs.chownSync(file, 0, 0);
+    const dev = cliJson<AddedDevice>(...add);
+    expect(dev.info.impostor).toBe(true);
+  });
+});
+
+describe('up with a target given by path', () => {
+  it('serves the module the config names, absolute or relative, never the built-in of the same name', () => {
+    const dir = scratch('up-path');
+    fs.writeFileSync(path.join(dir, 'file.mjs'), IMPOSTOR);
+    const abs = path.join(dir, 'file.mjs');
+    const conf = path.join(dir, 'devices.json');
+    fs.writeFileSync(conf, JSON.stringify({ devices: { byabs: { target: abs, queues: 1 }, byrel: { target: './file.mjs', queues: 1 } } }));
+    const r = spawnSync(process.execPath, [CLI, 'up', '--all', '--config', conf, '--json'], { cwd: dir, encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const outcomes = (JSON.parse(r.stdout) as { devices: { name: string; state: string; blockDevice: string }[] }).devices;
+    expect(outcomes.map((o) => [o.name, o.state])).toEqual([['byabs', 'up'], ['byrel', 'up']]);
+    for (const o of outcomes) {
+      expect(sh(`blockdev --getsize64 ${o.blockDevice}`).trim()).toBe(String(2 << 20));
+      expect(sh(`dd if=${o.blockDevice} bs=4k count=1 iflag=direct status=none | od -An -v -tx1 | sort -u`).trim()).toBe('5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a');
+    }
+    const listed = cliJson<{ name?: string; target: string }[]>('list');
+    expect(listed.map((d) => [d.name, d.target])).toEqual([['byabs', abs], ['byrel', abs]]);
+  });
+});
+
 describe('overlay (a TypeScript target): copy-on-write over a read-only base', () => {
   it('keeps the base unchanged, survives del and re-add, passes fsck and fio verify; unwritten reads never reach JavaScript', async () => {
     const dir = scratch('overlay');
     const base = path.join(dir, 'base.img');
     // A golden image: ext4 with files, made through the file target.
     const golden = cliJson<AddedDevice>('add', '--target', 'file', '--file', base, '--size', '128M', '--queues', '1');
-    // 4 KiB blocks: the overlay device has 4 KiB sectors (mkfs would pick 1 KiB for a small disk).
-    sh(`mkfs.ext4 -q -F -b 4096 ${golden.blockDevice} && mkdir -p ${MNT} && mount ${golden.blockDevice} ${MNT}`);
+    sh(`mkfs.ext4 -q -F ${golden.blockDevice} && mkdir -p ${MNT} && mount ${golden.blockDevice} ${MNT}`);
     sh(`head -c 6M /dev/urandom > ${MNT}/old && sha256sum < ${MNT}/old > ${dir}/old.sum && umount ${MNT}`);
     expect(cli('del', '-n', String(golden.id)).status).toBe(0);
     const baseSum = sh(`sha256sum < ${base}`);
