@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the data path under AddressSanitizer on the real driver: builds an ASan copy of the addon in a
 # scratch tree, then in the VM serves fio verify in every data mode and the del-under-load path, the fault
-# target's held and copied requests, null's zero-filled reads, a block device's discards, the bridge's
+# target's held and copied requests, null's zero-filled reads, a block device's discards (file, mirror,
+# stripe), the bridge's
 # copies (memory, overlay), nbd's receives and its teardown under a slow server, and fails on any ASan
 # report in the servers' logs.
 set -euo pipefail
@@ -71,6 +72,18 @@ done
 losetup -d $loop
 rm -f /tmp/asan-blk.img
 echo "asan-check: block discards served, plain and delayed, and a delete under discard load"
+# mirror and stripe over block-device legs: each leg's share of a discard is a block discard of its own.
+truncate -s 64M /tmp/asan-leg0.img /tmp/asan-leg1.img
+legs=($(losetup --show -f --direct-io=on /tmp/asan-leg0.img) $(losetup --show -f --direct-io=on /tmp/asan-leg1.img))
+for target in mirror stripe; do
+  id=$(add_id --target $target --leg ${legs[0]} --leg ${legs[1]} --queues 2)
+  verify $id 32M
+  blkdiscard /dev/ublkb$id
+  del_under_load $id randtrim
+done
+losetup -d "${legs[@]}"
+rm -f /tmp/asan-leg0.img /tmp/asan-leg1.img
+echo "asan-check: mirror and stripe discarded block-device legs, and a delete under discard load"
 # The bridge: the queue threads copy into and out of JavaScript's tag buffers (memory), and a routing
 # target's writes are copied in by JavaScript (overlay).
 id=$(add_id --target memory --size 128M --queues 2)

@@ -3,7 +3,7 @@
 // state; `list` shows it in info.mirror, info.legs and, for a failed leg N, info.legN.
 import type { TargetSpec } from '../../src/target.js';
 import { UserError } from '../../src/errors.js';
-import { closeLegs, legFileOptions, legInfo, legOption, legParams, openLegs } from './legs.js';
+import { closeLegs, legFileOptions, legInfo, legOption, legOptions, legParams, openLegs } from './legs.js';
 
 const spec: TargetSpec = {
   name: 'mirror',
@@ -20,9 +20,11 @@ const spec: TargetSpec = {
       closeLegs(legs);
       throw new UserError(`the legs of a mirror must have one size, not ${legs.map((l) => `${l.path} ${l.opened.size}`).join(', ')} (bytes)`);
     }
+    // One size, cut by each leg to its own block size: a multiple of the largest.
     return {
       size: legs[0].opened.size,
       fds: legs.map((l) => l.opened.fds[0]),
+      options: legOptions(legs),
       params: legParams(legs),
       info: { ...legInfo(legs), mirror: 'clean', legs: legs.map(() => 'ok').join(',') },
       close: () => closeLegs(legs),

@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import type { Options } from 'yargs';
 import type { OpenedTarget } from '../../src/target.js';
+import type { DiscardParams, TargetOptions } from '../../src/native.js';
 import { UserError } from '../../src/errors.js';
 import file from '../file/index.js';
 
@@ -73,11 +74,52 @@ export function closeLegs(legs: Leg[]): void {
   for (const l of legs) l.opened.close();
 }
 
-/** What every leg's parameters share, with the strictest DMA alignment any leg needs (O_DIRECT). */
+/** The largest of a parameter over the legs (0 where none has it). */
+const largest = (legs: Leg[], get: (p: OpenedTarget['params']) => number | undefined) => Math.max(0, ...legs.map((l) => get(l.opened.params) ?? 0));
+
+/**
+ * What every leg can do of discard and write-zeroes: the coarsest granularity and the smallest limits,
+ * in whole blocks of `lbs`; a limit any leg lacks is 0, and none at all is undefined.
+ */
+function sharedDiscard(legs: Leg[], lbs: number): DiscardParams | undefined {
+  const ds = legs.map((l) => l.opened.params.discard);
+  if (!ds.every((d): d is DiscardParams => d !== undefined)) return undefined;
+  const sectors = (get: (d: DiscardParams) => number) => {
+    const least = Math.min(...ds.map(get));
+    return least - (least % (lbs / 512));
+  };
+  const d = {
+    granularity: Math.max(lbs, ...ds.map((x) => x.granularity)),
+    maxDiscardSectors: sectors((x) => x.maxDiscardSectors),
+    maxWriteZeroesSectors: sectors((x) => x.maxWriteZeroesSectors),
+  };
+  return d.maxDiscardSectors || d.maxWriteZeroesSectors ? d : undefined;
+}
+
+/**
+ * What every leg's parameters share: the largest logical block size (and physical, and io_min), the
+ * discard every leg can do, the strictest DMA alignment any leg needs (O_DIRECT). Cache and read-only
+ * attributes are the same on every leg.
+ */
 export function legParams(legs: Leg[]): OpenedTarget['params'] {
-  const aligns = legs.map((l) => l.opened.params.dmaAlignment).filter((a): a is number => a !== undefined);
-  const { dmaAlignment: _, ...params } = legs[0].opened.params;
-  return aligns.length > 0 ? { ...params, dmaAlignment: Math.max(...aligns) } : params;
+  // The block size every leg takes: the largest of theirs, whichever leg is first.
+  const lbs = 2 ** largest(legs, (p) => p.logicalBsShift);
+  const { dmaAlignment: _, discard: __, ...params } = legs[0].opened.params;
+  const discard = sharedDiscard(legs, lbs);
+  const align = largest(legs, (p) => p.dmaAlignment);
+  return {
+    ...params,
+    logicalBsShift: Math.log2(lbs),
+    physicalBsShift: largest(legs, (p) => p.physicalBsShift),
+    ioMinShift: largest(legs, (p) => p.ioMinShift),
+    ...(discard ? { discard } : {}),
+    ...(legs.some((l) => l.opened.params.dmaAlignment !== undefined) ? { dmaAlignment: align } : {}),
+  };
+}
+
+/** For the native side: the legs that discard with a block discard (bit i: leg i), as the file target's own. */
+export function legOptions(legs: Leg[]): TargetOptions {
+  return { 'block-discard': legs.reduce((bits, l, i) => bits | (l.opened.options?.['block-discard'] ? 1 << i : 0), 0) };
 }
 
 /** For `list`: the legs in order (the BACKING column), and whether every one is O_DIRECT. */

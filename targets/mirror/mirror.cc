@@ -7,17 +7,20 @@
  * the other legs have the data, and its failed read is retried on another leg. The last healthy leg is
  * never marked failed (as md does): its errors go to the block layer instead, so every write that
  * succeeded is on every leg still marked healthy, and there is always a leg to read.
+ *
+ * A discard on a block-device leg is a block discard, not a member (discard.h); the request then waits
+ * for those as well as for its members.
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/falloc.h>
 #include <linux/fs.h>
 #include <string.h>
 
 #include <atomic>
 #include <string>
+#include <vector>
 
-#include "../../native/target.h"
+#include "../../native/discard.h"
 
 /* A write has one member per leg. */
 #define MAX_LEGS MAX_MEMBERS
@@ -34,12 +37,14 @@ struct leg {
 struct mirror {
 	unsigned n;
 	std::atomic<uint32_t> healthy; /* bit i: leg i (file i + 1) serves IO */
+	uint32_t block_discard;        /* bit i: leg i discards with a block discard */
 	struct leg legs[MAX_LEGS];
 };
 
-/* Per queue: where the next read goes (no sharing between queue threads). */
+/* Per queue (no sharing between queue threads): where the next read goes, and each tag's block discards. */
 struct mirror_q {
 	unsigned next_read;
+	std::vector<struct discard_fanout> discards;
 };
 
 static int mirror_init(struct target *t)
@@ -50,6 +55,7 @@ static int mirror_init(struct target *t)
 	auto *m = new mirror();
 	m->n = (unsigned)n;
 	m->healthy = (uint32_t)((1ull << n) - 1);
+	m->block_discard = block_discard_files(t);
 	t->priv = m;
 	return 0;
 }
@@ -62,7 +68,7 @@ static void mirror_deinit(struct target *t)
 
 static int mirror_queue_init(struct tq *tq)
 {
-	tq->priv = new mirror_q{tq->q_id}; /* queues start on different legs */
+	tq->priv = new mirror_q{tq->q_id, std::vector<struct discard_fanout>(tq->depth)}; /* queues start on different legs */
 	return 0;
 }
 
@@ -101,13 +107,30 @@ static bool fail_leg(struct mirror *m, unsigned i, const struct request *req, ui
 	return true;
 }
 
+/* Not the leg's fault: cancelled at stop, or a leg that cannot discard (the block layer then writes
+ * zeroes itself). Otherwise the leg is marked failed, unless it is the last healthy one. Returns whether
+ * the request goes on without the leg; if not, err is the request's. */
+static bool leg_failed(struct mirror *m, unsigned i, const struct request *req, uint64_t off, int err, bool zeroing)
+{
+	if (err == ECANCELED || (zeroing && err == EOPNOTSUPP))
+		return false;
+	return fail_leg(m, i, req, off, err);
+}
+
+/* A mirror discards the whole request on each leg. */
+static void whole_request(const struct tq *, const struct request *req, unsigned, uint64_t *off, uint64_t *len)
+{
+	*off = req->offset;
+	*len = req->len;
+}
+
 static int mirror_queue_io(struct tq *tq, struct request *req)
 {
 	auto *m = static_cast<struct mirror *>(tq->t->priv);
+	auto *mq = static_cast<struct mirror_q *>(tq->priv);
 	uint32_t mask = m->healthy.load();
 	struct member *mem;
 	if (req->op == UBLK_IO_OP_READ) {
-		auto *mq = static_cast<struct mirror_q *>(tq->priv);
 		unsigned i = healthy_from(mask, m->n, mq->next_read);
 		mq->next_read = i + 1;
 		mem = add_member(req, MEMBER_READ, (uint8_t)(i + 1));
@@ -131,9 +154,10 @@ static int mirror_queue_io(struct tq *tq, struct request *req)
 		req->result = -EOPNOTSUPP;
 		return QUEUE_IO_DONE;
 	}
-	/* Every healthy leg, in parallel on the same buffer. */
+	/* Every healthy leg, in parallel on the same buffer; block discards beside the members. */
+	uint32_t blocks = req->op == UBLK_IO_OP_DISCARD && req->len ? mask & m->block_discard : 0;
 	for (unsigned i = 0; i < m->n; i++) {
-		if (!(mask & (1u << i)))
+		if (!(mask & ~blocks & (1u << i)))
 			continue;
 		mem = add_member(req, kind, (uint8_t)(i + 1));
 		if (kind == MEMBER_FSYNC)
@@ -143,13 +167,12 @@ static int mirror_queue_io(struct tq *tq, struct request *req)
 		if (kind == MEMBER_WRITE && (req->flags & UBLK_IO_F_FUA))
 			mem->rw_flags = RWF_DSYNC;
 		if (kind == MEMBER_FALLOCATE)
-			/* As the file target: both leave zeroes; NOUNMAP keeps the blocks allocated. */
-			mem->mode = FALLOC_FL_KEEP_SIZE |
-				    ((req->op == UBLK_IO_OP_WRITE_ZEROES && (req->flags & UBLK_IO_F_NOUNMAP))
-					     ? FALLOC_FL_ZERO_RANGE
-					     : FALLOC_FL_PUNCH_HOLE);
+			mem->mode = zeroing_mode(req);
 	}
-	return QUEUE_IO_DONE;
+	if (!blocks)
+		return QUEUE_IO_DONE;
+	discard_fanout_start(tq, req, &mq->discards[req->tag], blocks, whole_request);
+	return QUEUE_IO_PENDING;
 }
 
 static enum member_fold mirror_on_member(struct tq *tq, struct request *req, unsigned idx, int res)
@@ -159,19 +182,23 @@ static enum member_fold mirror_on_member(struct tq *tq, struct request *req, uns
 	bool transfer = mem->kind == MEMBER_READ || mem->kind == MEMBER_WRITE;
 	if (res > 0 || (res == 0 && !transfer))
 		return FOLD_DEFAULT;
-	/* Not the leg's fault: cancelled at stop, or a leg that cannot discard (the block layer then
-	 * writes zeroes itself). The request fails; the leg stays. */
-	if (res == -ECANCELED || (mem->kind == MEMBER_FALLOCATE && res == -EOPNOTSUPP))
-		return FOLD_DEFAULT;
 	unsigned i = mem->file - 1;
 	/* res 0 on a transfer: the leg ended inside the request. */
-	if (!fail_leg(m, i, req, mem->file_off, res < 0 ? -res : EIO))
-		return FOLD_DEFAULT; /* the last healthy leg: the block layer sees the error */
+	if (!leg_failed(m, i, req, mem->file_off, res < 0 ? -res : EIO, mem->kind == MEMBER_FALLOCATE))
+		return FOLD_DEFAULT;
 	if (mem->kind != MEMBER_READ)
 		return FOLD_IGNORE;
 	/* The same bytes from another leg; each failure marks a leg, so this ends within n tries. */
 	mem->file = (uint8_t)(healthy_from(m->healthy.load(), m->n, i + 1) + 1);
 	return FOLD_RETRY;
+}
+
+/* A block discard on leg cookie - 1 completed. */
+static void mirror_on_cqe(struct tq *tq, struct request *req, uint64_t cookie, const struct io_uring_cqe *cqe)
+{
+	auto *m = static_cast<struct mirror *>(tq->t->priv);
+	int res = cqe->res < 0 && leg_failed(m, (unsigned)cookie - 1, req, req->offset, -cqe->res, true) ? 0 : cqe->res;
+	discard_fanout_done(tq, req, &static_cast<struct mirror_q *>(tq->priv)->discards[req->tag], res, whole_request);
 }
 
 static const char *op_name(uint8_t op)
@@ -222,6 +249,7 @@ static const struct target_ops mirror_target_ops = {
 	.queue_deinit = mirror_queue_deinit,
 	.queue_io = mirror_queue_io,
 	.on_member = mirror_on_member,
+	.on_cqe = mirror_on_cqe,
 	.status = mirror_status,
 };
 UBLK_TARGET(mirror_target_ops)

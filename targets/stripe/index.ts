@@ -4,7 +4,7 @@
 import type { TargetSpec } from '../../src/target.js';
 import { parseSize } from '../../src/size.js';
 import { UserError } from '../../src/errors.js';
-import { closeLegs, legFileOptions, legInfo, legOption, legParams, openLegs } from '../mirror/legs.js';
+import { closeLegs, legFileOptions, legInfo, legOption, legOptions, legParams, openLegs } from '../mirror/legs.js';
 
 const MIN_CHUNK = 4096;
 const MAX_CHUNK = 1 << 30;
@@ -45,7 +45,7 @@ const spec: TargetSpec = {
     return {
       size: rows * width,
       fds: legs.map((l) => l.opened.fds[0]),
-      options: { 'chunk-shift': shift },
+      options: { ...legOptions(legs), 'chunk-shift': shift },
       params: {
         ...legParams(legs),
         ioMinShift: shift,

@@ -5,26 +5,29 @@
  * at chunk boundaries and each piece is one member at its own offset in the request's buffer, all in
  * parallel on the same lease. A request with more pieces than a request has members reuses each member
  * that finished for the next piece (FOLD_RETRY). A discard or write-zeroes is one member per leg: a leg's
- * chunks inside a range sit back to back on it. A flush goes to every leg.
+ * chunks inside a range sit back to back on it; on a block-device leg a discard is a block discard
+ * instead (discard.h). A flush goes to every leg.
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/falloc.h>
 #include <linux/fs.h>
 
 #include <algorithm>
 #include <vector>
 
-#include "../../native/target.h"
+#include "../../native/discard.h"
 
 struct stripe {
 	unsigned n;
 	unsigned shift; /* log2(chunk) */
+	uint32_t block_discard; /* bit i: leg i discards with a block discard */
 };
 
-/* Per queue, per tag: where the next piece of a read or write not yet described starts. */
+/* Per queue, per tag: where the next piece of a read or write not yet described starts, and the block
+ * discards of a discard. */
 struct stripe_q {
 	std::vector<uint32_t> next;
+	std::vector<struct discard_fanout> discards;
 };
 
 static int stripe_init(struct target *t)
@@ -34,7 +37,7 @@ static int stripe_init(struct target *t)
 	/* A flush or discard has one member per leg. */
 	if (n < 1 || n > MAX_MEMBERS || shift < 12 || shift > 30)
 		return -EINVAL;
-	t->priv = new stripe{(unsigned)n, (unsigned)shift};
+	t->priv = new stripe{(unsigned)n, (unsigned)shift, block_discard_files(t)};
 	return 0;
 }
 
@@ -46,7 +49,7 @@ static void stripe_deinit(struct target *t)
 
 static int stripe_queue_init(struct tq *tq)
 {
-	tq->priv = new stripe_q{std::vector<uint32_t>(tq->depth)};
+	tq->priv = new stripe_q{std::vector<uint32_t>(tq->depth), std::vector<struct discard_fanout>(tq->depth)};
 	return 0;
 }
 
@@ -82,6 +85,15 @@ static bool leg_share(const struct stripe *s, uint64_t off, uint64_t len, unsign
 	return true;
 }
 
+/* Leg i's share of a discard, as a range on the leg; only asked for a leg that has one. */
+static void share_range(const struct tq *tq, const struct request *req, unsigned i, uint64_t *off, uint64_t *len)
+{
+	uint64_t lo = 0, hi = 0;
+	leg_share(static_cast<const struct stripe *>(tq->t->priv), req->offset, req->len, i, &lo, &hi);
+	*off = lo;
+	*len = hi - lo;
+}
+
 static int stripe_queue_io(struct tq *tq, struct request *req)
 {
 	auto *s = static_cast<struct stripe *>(tq->t->priv);
@@ -104,20 +116,27 @@ static int stripe_queue_io(struct tq *tq, struct request *req)
 			add_member(req, MEMBER_FSYNC, (uint8_t)(i + 1));
 		break;
 	case UBLK_IO_OP_DISCARD:
-	case UBLK_IO_OP_WRITE_ZEROES:
+	case UBLK_IO_OP_WRITE_ZEROES: {
+		uint32_t blocks = 0;
 		for (unsigned i = 0; i < s->n; i++) {
 			uint64_t lo, hi;
 			if (!req->len || !leg_share(s, req->offset, req->len, i, &lo, &hi))
 				continue;
+			if (req->op == UBLK_IO_OP_DISCARD && (s->block_discard & (1u << i))) {
+				blocks |= 1u << i;
+				continue;
+			}
 			m = add_member(req, MEMBER_FALLOCATE, (uint8_t)(i + 1));
-			/* As the file target: both leave zeroes; NOUNMAP keeps the blocks allocated. */
-			m->mode = FALLOC_FL_KEEP_SIZE | ((req->op == UBLK_IO_OP_WRITE_ZEROES && (req->flags & UBLK_IO_F_NOUNMAP))
-								 ? FALLOC_FL_ZERO_RANGE
-								 : FALLOC_FL_PUNCH_HOLE);
+			m->mode = zeroing_mode(req);
 			m->file_off = lo;
 			m->len = (uint32_t)(hi - lo);
 		}
+		if (blocks) {
+			discard_fanout_start(tq, req, &static_cast<struct stripe_q *>(tq->priv)->discards[req->tag], blocks, share_range);
+			return QUEUE_IO_PENDING;
+		}
 		break;
+	}
 	default:
 		req->result = -EOPNOTSUPP;
 	}
@@ -141,6 +160,12 @@ static enum member_fold stripe_on_member(struct tq *tq, struct request *req, uns
 	return FOLD_RETRY;
 }
 
+/* A block discard on leg cookie - 1 completed: any error is the request's. */
+static void stripe_on_cqe(struct tq *tq, struct request *req, uint64_t, const struct io_uring_cqe *cqe)
+{
+	discard_fanout_done(tq, req, &static_cast<struct stripe_q *>(tq->priv)->discards[req->tag], cqe->res, share_range);
+}
+
 static const struct target_ops stripe_target_ops = {
 	.name = "stripe",
 	.init = stripe_init,
@@ -149,5 +174,6 @@ static const struct target_ops stripe_target_ops = {
 	.queue_deinit = stripe_queue_deinit,
 	.queue_io = stripe_queue_io,
 	.on_member = stripe_on_member,
+	.on_cqe = stripe_on_cqe,
 };
 UBLK_TARGET(stripe_target_ops)

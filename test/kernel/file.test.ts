@@ -2,8 +2,8 @@
 // verification finds nothing wrong, and `list` shows what serves the device.
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { cliJson, delAll, DATA_MODES, scratch, sh, ublkDevices, type AddedDevice } from './helpers.js';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { cliJson, delAll, DATA_MODES, loopDevice, queueAttr, scratch, sh, ublkDevices, type AddedDevice } from './helpers.js';
 
 /** fio verify=crc32c random writes over the device; every byte written, and read back by the verify pass. */
 function fioVerify(dev: string, bsrange: string, iodepth: number, bytes: number): void {
@@ -79,18 +79,6 @@ describe.each(DATA_MODES)('file target, data mode %s', (mode) => {
     cliJson('del', '-n', String(dev.id));
   });
 });
-
-/** A loop device over a sparse file on the guest's tmpfs, direct IO; detached when the test ends. */
-function loopDevice(file: string, size: string, sectorSize: number): string {
-  sh(`truncate -s ${size} ${file}`);
-  const loop = sh(`losetup --show -f --sector-size ${sectorSize} --direct-io=on ${file}`).trim();
-  onTestFinished(() => {
-    sh(`losetup -d ${loop} || true`);
-  });
-  return loop;
-}
-
-const queueAttr = (dev: string, name: string) => sh(`cat /sys/block/${path.basename(dev)}/queue/${name}`).trim();
 
 describe('file target over a block device', () => {
   it("takes a 4K-sector backing's block size: ext4 and fio verify=crc32c pass; a smaller size asked is served buffered", () => {

@@ -145,6 +145,13 @@ export const discardedSectors = (dev: string) => Number(fs.readFileSync(`/sys/bl
 /** scsi_debug parameters: 4096-byte sectors that discard (UNMAP) in 16 KiB grains, 1 MiB at a time, and read back zeroes there. */
 export const SCSI_DEBUG_4K_DISCARD = 'sector_size=4096 lbpu=1 lbprz=1 unmap_granularity=4 unmap_max_blocks=256';
 
+/** A device over a leg made with SCSI_DEBUG_4K_DISCARD and 512-byte legs takes the strictest of them all. */
+export function expectScsiDebug4kLimits(dev: string): void {
+  expect.soft(queueAttr(dev, 'logical_block_size')).toBe('4096');
+  expect.soft(queueAttr(dev, 'discard_max_bytes')).toBe(String(1 << 20));
+  expect.soft(queueAttr(dev, 'discard_granularity')).toBe(String(16 << 10));
+}
+
 /** scsi_debug's one disk, 16 MiB, with `params` (it has no discard unless they ask); unloaded when the test ends. */
 export async function scsiDebug(params: string): Promise<string> {
   const mods = process.env.UBLK_TS_KMOD_DIR;

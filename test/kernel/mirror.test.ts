@@ -1,10 +1,26 @@
 // The mirror target on the real driver: fio's verification over 2 and 3 legs that end byte-identical, a
 // leg that dies mid-run under a mounted filesystem (device-mapper switched to its error table) without the
-// writer noticing, a failed read served from another leg, and what survives of a mirror mounting alone.
+// writer noticing, a failed read served from another leg, what survives of a mirror mounting alone, and
+// block-device legs: the block size and discard all legs take, a discard that reaches each as a discard.
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
-import { cli, cliJson, delAll, fioInBackground, scratch, sh, sleep, type AddedDevice } from './helpers.js';
+import {
+  cli,
+  cliJson,
+  delAll,
+  discardedSectors,
+  expectScsiDebug4kLimits,
+  fioInBackground,
+  loopDevice,
+  queueAttr,
+  scratch,
+  sh,
+  scsiDebug,
+  SCSI_DEBUG_4K_DISCARD,
+  sleep,
+  type AddedDevice,
+} from './helpers.js';
 
 afterEach(delAll);
 
@@ -134,6 +150,32 @@ describe('mirror with a failing leg', () => {
     sh(`dd if=${dev.blockDevice} of=/dev/null bs=64k count=128 iflag=direct status=none`);
     await sleep(1500);
     expect(listed(dev.id).info).toMatchObject({ mirror: 'clean', legs: 'ok' });
+  });
+});
+
+describe('mirror over block-device legs', () => {
+  it('a 512-byte leg first, then a 4096-byte one with coarser, shorter discard: the mirror takes 4096 and the discard both share, and discards each leg', async () => {
+    const dir = scratch('mirror-blocks');
+    const legs = [loopDevice(`${dir}/leg.img`, '16M', 512), await scsiDebug(SCSI_DEBUG_4K_DISCARD)];
+    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', ...legs.flatMap((l) => ['--leg', l]), '--queues', '1');
+    expectScsiDebug4kLimits(dev.blockDevice);
+    sh(`head -c 4M /dev/urandom > ${dir}/data && dd if=${dir}/data of=${dev.blockDevice} bs=1M oflag=direct status=none`);
+    const before = legs.map(discardedSectors);
+    sh(`blkdiscard -o 1M -l 2M ${dev.blockDevice}`);
+    // A discard on each leg, not written zeroes: the legs count the sectors as discarded.
+    expect(legs.map((l, i) => discardedSectors(l) - before[i])).toEqual([4096, 4096]);
+    for (const d of [...legs, dev.blockDevice])
+      expect(sh(`cmp -n 2M -i 1M ${d} /dev/zero && cmp -n 1M ${d} ${dir}/data && cmp -n 1M -i 3M ${d} ${dir}/data && echo ok`).trim(), d).toBe('ok');
+    expect(listed(dev.id).info.mirror).toBe('clean');
+  });
+
+  it('a leg that cannot discard, second: the mirror offers no discard', async () => {
+    const dir = scratch('mirror-nodiscard');
+    // scsi_debug's disk has no discard unless asked (lbpu).
+    const legs = [loopDevice(`${dir}/a.img`, '16M', 512), await scsiDebug('')];
+    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', ...legs.flatMap((l) => ['--leg', l]), '--queues', '1');
+    expect(queueAttr(legs[0], 'discard_max_bytes')).not.toBe('0');
+    expect(queueAttr(dev.blockDevice, 'discard_max_bytes')).toBe('0');
   });
 });
 

@@ -97,7 +97,11 @@ describe('recover checks the backend before it fetches', () => {
 });
 
 describe('up with a record whose server is gone', () => {
-  function config(dir: string, img: string): string {
+  /** A config file naming one file device, vol, on a new 16 MiB backing file; both in dir. */
+  function config(dir: string): string {
+    const img = path.join(dir, 'vol.img');
+    fs.writeFileSync(img, '');
+    fs.truncateSync(img, 16 << 20);
     const file = path.join(dir, 'devices.json');
     fs.writeFileSync(file, JSON.stringify({ devices: { vol: { target: 'file', file: img, queues: 1 } } }));
     return file;
@@ -105,10 +109,7 @@ describe('up with a record whose server is gone', () => {
 
   it('recovers the device that waits for a server (same id, the data it held) instead of deleting it', async () => {
     const dir = scratch('up-recover');
-    const img = path.join(dir, 'vol.img');
-    fs.writeFileSync(img, '');
-    fs.truncateSync(img, 16 << 20);
-    const file = config(dir, img);
+    const file = config(dir);
     const [first] = cliJson<{ devices: { id: number; state: string }[] }>('up', 'vol', '--config', file).devices;
     expect(first.state).toBe('up');
     const dev = cliJson<AddedDevice[]>('list').find((d) => d.id === first.id)!;
@@ -122,10 +123,7 @@ describe('up with a record whose server is gone', () => {
 
   it('never deletes a device that took the record\'s id since: it adds a new one beside it', async () => {
     const dir = scratch('up-foreign');
-    const img = path.join(dir, 'vol.img');
-    fs.writeFileSync(img, '');
-    fs.truncateSync(img, 16 << 20);
-    const file = config(dir, img);
+    const file = config(dir);
     const [first] = cliJson<{ devices: { id: number }[] }>('up', 'vol', '--config', file).devices;
     const recPath = path.join(process.env.UBLK_TS_STATE_DIR ?? '/run/ublk-ts', `ublkb${first.id}.json`);
     const rec = fs.readFileSync(recPath, 'utf8');

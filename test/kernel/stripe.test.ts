@@ -1,10 +1,23 @@
 // The stripe target on the real driver: fio's verification with requests that straddle chunks (1 MiB ones
 // included), the layout on the legs (chunk c on leg c % n at (c / n) * chunk), discard and write-zeroes
-// split over the legs, the block layer told the chunk and the stripe width, and ext4 across del and re-add.
+// split over the legs, the block layer told the chunk and the stripe width, ext4 across del and re-add, and
+// block-device legs: the block size and discard all legs take, each leg's share discarded as a discard.
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cli, cliJson, delAll, scratch, sh, type AddedDevice } from './helpers.js';
+import {
+  cli,
+  cliJson,
+  delAll,
+  discardedSectors,
+  expectScsiDebug4kLimits,
+  loopDevice,
+  scratch,
+  scsiDebug,
+  SCSI_DEBUG_4K_DISCARD,
+  sh,
+  type AddedDevice,
+} from './helpers.js';
 
 afterEach(delAll);
 
@@ -98,6 +111,26 @@ describe.each([
     // fsck reads the striped device, so it runs on a fresh one.
     const last = add(files);
     sh(`e2fsck -fn ${last.blockDevice}`);
+  });
+});
+
+describe('stripe over block-device legs', () => {
+  it("a 512-byte leg first, a 4096-byte one with coarser, shorter discard, another, a file: 4096-byte blocks, the discard all share, each leg's share discarded", async () => {
+    const dir = scratch('stripe-blocks');
+    const blocks = [loopDevice(`${dir}/leg0.img`, '8M', 512), await scsiDebug(SCSI_DEBUG_4K_DISCARD), loopDevice(`${dir}/leg2.img`, '8M', 512)];
+    sh(`truncate -s 8M ${dir}/leg3.img`);
+    const legs = [...blocks, `${dir}/leg3.img`];
+    const dev = cliJson<AddedDevice>('add', '--target', 'stripe', ...legs.flatMap((l) => ['--leg', l]), '--chunk', '64k', '--queues', '1');
+    expectScsiDebug4kLimits(dev.blockDevice);
+    sh(`head -c 1M /dev/urandom > ${dir}/data && dd if=${dir}/data of=${dev.blockDevice} bs=1M oflag=direct status=none`);
+    const before = blocks.map(discardedSectors);
+    // [80k, 336k): chunk 1 from 16k on leg 1, chunks 2 and 3 on legs 2 and 3, chunk 4 on leg 0, chunk 5 to 16k on leg 1.
+    sh(`blkdiscard -o 80k -l 256k ${dev.blockDevice}`);
+    // Three block legs, more than the block discards one request may have in flight at once, beside a file
+    // leg's punched hole: each has its share.
+    expect(blocks.map((l, i) => discardedSectors(l) - before[i])).toEqual([128, 128, 128]);
+    expect(sh(`cmp -n 64k ${dir}/leg3.img /dev/zero && echo zero`).trim()).toBe('zero');
+    expect(sh(`cmp -n 256k -i 80k ${dev.blockDevice} /dev/zero && cmp -n 80k ${dev.blockDevice} ${dir}/data && cmp -i 336k -n 688k ${dev.blockDevice} ${dir}/data && echo ok`).trim()).toBe('ok');
   });
 });
 
