@@ -24,11 +24,12 @@ std::string device_open(struct device *d)
 	if (ctx->ublkc_fd < 0)
 		return "open " + path + ": " + strerror(errno);
 
+	ctx->tgt.nr_queues = ctx->nr_queues;
 	int ret = ctx->tgt.ops->init(&ctx->tgt);
 	if (ret < 0) {
 		d->target_failed = true;
-		auto why = ctx->tgt.cfg.strs.find("error");
-		return why != ctx->tgt.cfg.strs.end() ? why->second : std::string("target ") + ctx->tgt.ops->name + ": " + strerror(-ret);
+		const std::string &why = ctx->tgt.error;
+		return !why.empty() ? why : std::string("target ") + ctx->tgt.ops->name + ": " + strerror(-ret);
 	}
 	d->target_ready = true;
 	return "";

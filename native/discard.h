@@ -1,6 +1,6 @@
 /*
- * Discard and write-zeroes on a target's files: one file (file) or a request spread over several
- * (mirror, stripe).
+ * Discard and write-zeroes on a target's files: one file, or a request spread over several (a copy on
+ * each, or chunks across them).
  *
  * On a regular file both are an fallocate member. On a block device a punched hole is the device's
  * write-zeroes: a write, which a device that discards may not even have. A discard there is the block

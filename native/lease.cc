@@ -54,7 +54,7 @@ static uint64_t user_copy_offset(const struct request *req)
 }
 
 /* Move `len` bytes between our buffer and the kernel's pages (user copy); loops on short transfers. Runs
- * on the queue thread: it is a memory copy, not backend I/O. */
+ * on the queue thread: it is a copy between buffers, not backend I/O. */
 static int user_copy(struct queue *q, struct io *io, size_t len, bool to_kernel)
 {
 	size_t done = 0;
@@ -125,7 +125,7 @@ static void submit_member(struct queue *q, struct io *io, unsigned i)
 	const struct member *m = &io->req.members[i];
 	uint32_t done = io->ms[i].done, len = m->len - done;
 	struct io_uring_sqe *sqe = queue_sqe(q);
-	/* Where the bytes are: the target's memory, our copy buffer, or the leased slot (an offset). */
+	/* Where the bytes are: the target's own buffer, our copy buffer, or the leased slot (an offset). */
 	bool fixed = on_request_buf(m) && !copied(q, io);
 	int slot = io->leased ? lease_slot(q, io->req.tag) : auto_slot(q, io->req.tag);
 	char *p = (m->flags & MEMBER_F_TARGET_BUF) ? (char *)m->ptr + m->buf_off + done
@@ -230,7 +230,7 @@ static void stream_pop(struct queue *q, struct io *io, unsigned i)
 }
 
 /* A member moved all its bytes: add its range to what the request's members have covered. Kept as
- * sorted, merged ranges, so pieces completing out of order, mirror legs that overlap, and members a
+ * sorted, merged ranges, so pieces completing out of order, replicas' members that overlap, and members a
  * target reuses for the next piece (FOLD_RETRY) all count once. */
 static void cover(struct io *io, uint32_t start, uint32_t end)
 {
@@ -438,6 +438,8 @@ void lease_on_member(struct queue *q, struct io *io, unsigned i, const struct io
 		cover(io, start, end);
 	if (f == FOLD_RETRY && q->draining)
 		fail(io, -EIO); /* stopping: the piece or leg the target asked for is not issued */
+	else if (f == FOLD_RETRY && on_request_buf(m) && (uint64_t)m->buf_off + m->len > io->req.len)
+		fail(io, -EIO); /* moved outside the request: as issue() refuses it the first time */
 	else if (f == FOLD_RETRY) {
 		bump(q->stats.retries);
 		ms->done = 0;

@@ -11,6 +11,8 @@
 
 #include <napi.h>
 
+#include "exports.h"
+
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
 #endif

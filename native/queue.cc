@@ -438,7 +438,7 @@ static int setup_ios(struct queue *q)
 			if (!dev->tgt.cfg.bufs.empty())
 				io->buf = dev->tgt.cfg.bufs[(size_t)q->q_id * dev->depth + tag];
 			else if (posix_memalign(&io->buf, 4096, dev->max_io_bytes)) {
-				queue_set_error(q, "out of memory for copy buffers");
+				queue_set_error(q, "cannot allocate the copy buffers");
 				return -ENOMEM;
 			}
 		}
@@ -465,8 +465,8 @@ static bool members_in_flight(const struct queue *q)
 	return false;
 }
 
-/* Before the ring goes: cancel and wait for every operation that could still touch our memory (a
- * closed ring's requests run on in the kernel). Bounded; what does not end in time keeps its memory. */
+/* Before the ring goes: cancel and wait for every operation that could still touch our buffers (a
+ * closed ring's requests run on in the kernel). Bounded; what does not end in time keeps its buffers. */
 static bool quiesce(struct queue *q)
 {
 	if (!members_in_flight(q))

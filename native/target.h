@@ -3,7 +3,7 @@
  *
  * A target never sees the data mode or the lease. For each request it describes *members*: backend
  * operations on its fixed files (1..n, in the order the TypeScript side opened them) that move bytes
- * between the request's buffer (or the target's own memory, e.g. a protocol header) and a file or socket.
+ * between the request's buffer (or a buffer of the target's own, e.g. a protocol header) and a file or socket.
  * The engine turns members into io_uring SQEs on whatever buffer the mode provides (a leased fixed buffer
  * or a copy buffer), continues short transfers, holds the lease until every member and every zero-copy
  * notification is done, folds the results and commits.
@@ -36,7 +36,7 @@ enum member_kind : uint8_t {
 	MEMBER_RECV,      /* socket -> buffer, MSG_WAITALL (READ_FIXED on the lease) */
 };
 
-/* .ptr is the target's own memory (a protocol header), not the request's buffer. */
+/* .ptr is a buffer of the target's own (a protocol header), not the request's buffer. */
 #define MEMBER_F_TARGET_BUF 1
 
 struct member {
@@ -57,8 +57,8 @@ struct member {
 /* Ring operations of its own a target may have in flight per request (tq_sqe with a request). */
 #define MAX_REQUEST_OPS 2
 
-/* A way to JavaScript the host gives a target that needs one (the bridge): post() hands bytes to the
- * target's JavaScript handler, from any thread, without blocking. */
+/* A way to JavaScript the host gives a target served there: post() hands bytes to the target's
+ * JavaScript handler, from any thread, without blocking. */
 struct host_channel {
 	void (*post)(void *ctx, std::vector<uint8_t> &&bytes);
 	void *ctx;
@@ -71,7 +71,8 @@ struct target_config {
 	std::map<std::string, std::vector<int64_t>> lists; /* repeated numeric options (ranges) */
 	std::map<std::string, std::string> strs;
 	/* Copy buffers the host owns, one per tag (q * depth + tag), max_io_bytes each; the engine uses them
-	 * instead of its own. The bridge's are JavaScript's Buffers, so its handlers work on them in place. */
+	 * instead of its own. A target served in JavaScript gets JavaScript's Buffers, so its handlers work on
+	 * them in place. */
 	std::vector<void *> bufs;
 	int64_t num(const char *key, int64_t dflt) const
 	{
@@ -84,6 +85,10 @@ struct target {
 	const struct target_ops *ops;
 	struct target_config cfg;
 	void *priv;
+	/* The device's queue count, set before init: a target may open a connection per queue. */
+	uint16_t nr_queues = 1;
+	/* init's one-line reason for a failure; shown instead of strerror(-ret) when set. */
+	std::string error;
 };
 
 /* A target's view of one queue; passed to every per-queue callback. */
@@ -117,7 +122,7 @@ enum { QUEUE_IO_DONE, QUEUE_IO_PENDING };
 /* What a member's completion does to the request (on_member). */
 enum member_fold {
 	FOLD_DEFAULT, /* an error fails the request; a full transfer counts toward covering it */
-	FOLD_IGNORE,  /* as if the member had not been there (a failed mirror leg) */
+	FOLD_IGNORE,  /* as if the member had not been there (a failed copy among replicas) */
 	FOLD_RETRY,   /* the target changed the member (another leg, or the next piece of a request with
 		       * more pieces than MAX_MEMBERS): issue it again */
 };
@@ -126,7 +131,7 @@ enum member_fold {
 struct target_ops {
 	const char *name;
 	/* Once per device, on libuv's pool (it may block: a network handshake) before the queues start;
-	 * it may add fds to t->cfg.fds. Return 0, or -errno with a one-line reason in cfg.strs["error"]. */
+	 * it may add fds to t->cfg.fds. Return 0, or -errno with a one-line reason in t->error. */
 	int (*init)(struct target *t) = nullptr;
 	void (*deinit)(struct target *t) = nullptr;
 	/* Optional, on the queue thread before the first FETCH and after the last commit. */
@@ -145,11 +150,11 @@ struct target_ops {
 	 * and a request-bound one whose request has ended meanwhile is dropped, never delivered. */
 	void (*on_cqe)(struct tq *tq, struct request *req, uint64_t cookie, const struct io_uring_cqe *cqe) = nullptr;
 	/* Optional: the queue handled a batch of completions and is about to wait; a target that gathers
-	 * work into batches (the bridge) sends it now. */
+	 * work into batches (one served in JavaScript) sends it now. */
 	void (*queue_idle)(struct tq *tq) = nullptr;
 	/* Queue-wide ring operations of its own the target keeps in flight at most (sizes the CQ). */
 	unsigned queue_ops = 0;
-	/* Optional: the target's live state as the text of a JSON object (a mirror's legs), shown by `list`
+	/* Optional: the target's live state as the text of a JSON object (its legs' health), shown by `list`
 	 * and logged when it changes. Called on the JavaScript thread while queues run: read only what is
 	 * safe to read from there (atomics). */
 	std::string (*status)(const struct target *t) = nullptr;

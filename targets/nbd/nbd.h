@@ -1,7 +1,7 @@
 /*
  * The NBD protocol as the nbd target speaks it (doc/proto.md of NetworkBlockDevice/nbd): its constants and
  * wire structs, and reaching a server. handshake.cc connects and negotiates (blocking, off the queue
- * threads); nbd.cc is the target: init, the reconnect worker and the transmission phase on the queue rings.
+ * threads); the target itself is nbd.cc, connection.cc and wire.cc (state.h).
  */
 #ifndef UBLK_TS_NBD_H
 #define UBLK_TS_NBD_H

@@ -143,9 +143,9 @@ static int stripe_queue_io(struct tq *tq, struct request *req)
 	return QUEUE_IO_DONE;
 }
 
-/* A piece is done: its member carries the next piece, if any is left. The engine must count what the
- * finished piece covered before the member changes; until it does, index.ts has the block layer keep
- * requests to MAX_MEMBERS pieces, and this never runs past the first round. */
+/* A piece is done: its member carries the next piece, if any is left (FOLD_RETRY). The engine counts what
+ * the finished piece covered before the member changes, so a request of more than MAX_MEMBERS pieces runs
+ * in rounds on the same members. */
 static enum member_fold stripe_on_member(struct tq *tq, struct request *req, unsigned idx, int res)
 {
 	if (req->op != UBLK_IO_OP_READ && req->op != UBLK_IO_OP_WRITE)

@@ -1,5 +1,5 @@
 // The JavaScript half of the bridge against an engine whose hand-over queues are full: a completion the
-// engine refuses (native/queue.cc's -EAGAIN, moved to the front of the batch by native/addon.cc) is handed
+// engine refuses (native/queue.cc's -EAGAIN, moved to the front of the batch by native/device_object.cc) is handed
 // again until it is taken. Dropped, its request would never end.
 import { describe, expect, it } from 'vitest';
 import { Bridge } from '../../src/bridge.js';

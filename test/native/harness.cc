@@ -38,6 +38,17 @@ static void h_on_cqe(struct tq *tq, struct request *req, uint64_t cookie, const 
 		h->on_cqe(tq, req, cookie, cqe);
 }
 
+void check_rw(const char *file, int line, const struct io_uring_sqe &s, unsigned opcode, int fd, uint64_t addr, uint32_t len,
+	      uint64_t off)
+{
+	auto show = [](unsigned o, int f, uint64_t a, uint32_t l, uint64_t of) {
+		return "{op " + std::to_string(o) + ", fd " + std::to_string(f) + ", addr " + std::to_string(a) + ", len " +
+		       std::to_string(l) + ", off " + std::to_string(of) + "}";
+	};
+	if (s.opcode != opcode || s.fd != fd || s.addr != addr || s.len != len || s.off != off)
+		test_fail(file, line, "SQE " + show(s.opcode, s.fd, s.addr, s.len, s.off) + " != " + show(opcode, fd, addr, len, off));
+}
+
 harness::harness(enum data_mode mode, uint16_t depth, uint32_t max_io, const struct target_ops *real)
 {
 	ops.name = "scripted";
@@ -123,11 +134,28 @@ unsigned harness::count(unsigned kind, int tag) const
 	return n;
 }
 
+unsigned harness::logged(unsigned kind, int tag) const
+{
+	unsigned n = 0;
+	for (const struct io_uring_sqe &s : k.log)
+		n += matches(s, kind, tag, -1);
+	return n;
+}
+
 void harness::complete(unsigned kind, int tag, int index, int32_t res, uint32_t flags)
 {
-	struct io_uring_sqe s = take(kind, tag, index);
+	answer(take(kind, tag, index), res, flags);
+}
+
+void harness::answer(const struct io_uring_sqe &s, int32_t res, uint32_t flags)
+{
 	k.post(s.user_data, res, flags);
 	k.run();
+}
+
+void harness::wake()
+{
+	complete(UD_WAKE, -1, -1, 8);
 }
 
 bool harness::committed(uint16_t tag, int32_t *res) const

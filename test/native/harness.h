@@ -13,6 +13,12 @@
 #include "check.h"
 #include "fake_ring.h"
 
+/* A read or write SQE moves len bytes between addr (an offset into the leased slot, for a fixed one) and
+ * fixed file fd at off, with this opcode: CHECK_RW(s, opcode, fd, addr, len, off) checks all five. */
+#define CHECK_RW(s, opcode, fd, addr, len, off) check_rw(__FILE__, __LINE__, s, opcode, fd, addr, len, off)
+void check_rw(const char *file, int line, const struct io_uring_sqe &s, unsigned opcode, int fd, uint64_t addr, uint32_t len,
+	      uint64_t off);
+
 struct member_call {
 	uint16_t tag;
 	unsigned idx;
@@ -51,8 +57,15 @@ struct harness {
 	/* The oldest unanswered SQE of this kind (and tag, and member index), removed; a zeroed one if none. */
 	struct io_uring_sqe take(unsigned kind, int tag = -1, int index = -1);
 	unsigned count(unsigned kind, int tag = -1) const;
+	/* How many SQEs of this kind (and tag) were ever submitted. */
+	unsigned logged(unsigned kind, int tag = -1) const;
 	/* Answer the oldest unanswered SQE of this kind and tag with a CQE, and let the queue run. */
 	void complete(unsigned kind, int tag, int index, int32_t res, uint32_t flags = 0);
+	/* Answer an SQE already taken, and let the queue run. */
+	void answer(const struct io_uring_sqe &s, int32_t res, uint32_t flags = 0);
+	/* The queue's eventfd read completes: what a wake from another thread (a remote completion, a drain)
+	 * looks like to it. */
+	void wake();
 	/* Was tag's request committed (a COMMIT_AND_FETCH is parked for it)? Its result in *res. */
 	bool committed(uint16_t tag, int32_t *res = nullptr) const;
 	/* The committed result of tag's request (a failed check if none was committed). */

@@ -1,0 +1,327 @@
+/* stripe (targets/stripe/stripe.cc) and mirror (targets/mirror/mirror.cc) on the engine and the fake kernel,
+ * driven through their ops tables: which members and block discards each request becomes, and how their
+ * results fold. */
+#include <errno.h>
+#include <linux/falloc.h>
+
+#include "harness.h"
+
+enum { R = UBLK_IO_OP_READ, W = UBLK_IO_OP_WRITE, FLUSH = UBLK_IO_OP_FLUSH, DISCARD = UBLK_IO_OP_DISCARD };
+
+/* A started queue on the real target `name` over n legs (fixed files 1..n; their fds are never used: the
+ * test is the kernel), with the options its index.ts passes. Every case ends with a clean stop. */
+struct legs_rig : harness {
+	const struct target_ops *ops;
+	legs_rig(const char *name, unsigned n, std::map<std::string, int64_t> nums = {})
+		: harness(MODE_AUTO_LEASE, 4, 1 << 20, target_find(name)), ops(target_find(name))
+	{
+		for (unsigned i = 0; i < n; i++)
+			dev.tgt.cfg.fds.push_back(100 + i);
+		dev.tgt.cfg.nums = std::move(nums);
+		CHECK_EQ(ops->init(&dev.tgt), 0);
+		start();
+	}
+	~legs_rig()
+	{
+		CHECK(stop());
+		ops->deinit(&dev.tgt);
+	}
+	std::string status() const { return ops->status(&dev.tgt); }
+	/* The legs tag's unanswered members are on: bit i for fixed file i + 1. */
+	unsigned legs_of(uint16_t tag) const
+	{
+		unsigned legs = 0;
+		for (const struct io_uring_sqe &s : k.pending)
+			if (ud_kind_of(s.user_data) == UD_MEMBER && ud_tag(s.user_data) == tag)
+				legs |= 1u << (s.fd - 1);
+		return legs;
+	}
+	/* Answer each member of tag not answered yet: the one on leg `bad` (a fixed file) with err, the
+	 * others as done in full. */
+	void answer_members(uint16_t tag, int bad = 0, int32_t err = -EIO)
+	{
+		for (unsigned n = count(UD_MEMBER, tag); n; n--) {
+			struct io_uring_sqe s = take(UD_MEMBER, tag);
+			bool transfer = s.opcode == IORING_OP_READ_FIXED || s.opcode == IORING_OP_WRITE_FIXED;
+			answer(s, s.fd == bad ? err : transfer ? (int32_t)s.len : 0);
+		}
+	}
+};
+
+/* A fallocate SQE: liburing puts the length in addr and the mode in len. */
+#define CHECK_FALLOCATE(s, fd, off, len, mode) CHECK_RW(s, IORING_OP_FALLOCATE, fd, len, mode, off)
+static const unsigned PUNCH = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE;
+
+/* A block discard (discard.h) of [off, off + len) on fixed file fd. */
+#define CHECK_BLOCK_DISCARD(s, fd, off, len) check_block_discard(__FILE__, __LINE__, s, fd, off, len)
+static void check_block_discard(const char *file, int line, const struct io_uring_sqe &s, int fd, uint64_t off, uint64_t len)
+{
+	if (s.opcode != IORING_OP_URING_CMD || sqe_cmd_op(s) != BLOCK_URING_CMD_DISCARD || s.fd != fd || s.addr != off ||
+	    s.addr3 != len)
+		test_fail(file, line,
+			  "not a block discard of [" + std::to_string(off) + ", +" + std::to_string(len) + ") on file " +
+				  std::to_string(fd) + ": op " + std::to_string(s.opcode) + " fd " + std::to_string(s.fd) +
+				  " addr " + std::to_string(s.addr) + " len " + std::to_string(s.addr3));
+}
+
+/* ---- stripe: pieces ---- */
+
+/* 4 KiB chunks (the smallest index.ts allows), so that small requests cross them. */
+static const int64_t CHUNK_SHIFT = 12;
+static const uint32_t CHUNK = 1u << CHUNK_SHIFT;
+
+TEST(stripe_a_request_across_chunks_is_one_member_per_piece)
+{
+	legs_rig h("stripe", 3, {{"chunk-shift", CHUNK_SHIFT}});
+	/* [6144, 14336): the second half of chunk 1 (leg 2, row 0), chunk 2 (leg 3, row 0), the first half
+	 * of chunk 3 (leg 1, row 1) */
+	h.request(1, R, 6144, 8192);
+	CHECK_EQ(h.count(UD_MEMBER, 1), 3);
+	struct io_uring_sqe a = h.take(UD_MEMBER, 1, 0), b = h.take(UD_MEMBER, 1, 1), c = h.take(UD_MEMBER, 1, 2);
+	CHECK_RW(a, IORING_OP_READ_FIXED, 2, 0, 2048, 2048);
+	CHECK_RW(b, IORING_OP_READ_FIXED, 3, 2048, CHUNK, 0);
+	CHECK_RW(c, IORING_OP_READ_FIXED, 1, 6144, 2048, CHUNK);
+	h.answer(c, 2048);
+	h.answer(a, 2048);
+	CHECK(!h.committed(1));
+	h.answer(b, CHUNK);
+	CHECK_EQ(h.result(1), 8192);
+}
+
+TEST(stripe_a_fua_write_is_a_dsync_write_on_every_piece)
+{
+	legs_rig h("stripe", 2, {{"chunk-shift", CHUNK_SHIFT}});
+	h.request(0, W, CHUNK, 2 * CHUNK, UBLK_IO_F_FUA);
+	struct io_uring_sqe a = h.take(UD_MEMBER, 0, 0), b = h.take(UD_MEMBER, 0, 1);
+	CHECK_RW(a, IORING_OP_WRITE_FIXED, 2, 0, CHUNK, 0);
+	CHECK_RW(b, IORING_OP_WRITE_FIXED, 1, CHUNK, CHUNK, CHUNK);
+	CHECK_EQ(a.rw_flags, RWF_DSYNC);
+	CHECK_EQ(b.rw_flags, RWF_DSYNC);
+	h.answer(a, CHUNK);
+	h.answer(b, CHUNK);
+	CHECK_EQ(h.result(0), 2 * CHUNK);
+}
+
+/* A READ of MAX_MEMBERS + 2 chunks over 2 legs: a member per chunk, and two pieces more than members. */
+static const uint32_t LONG_READ = (MAX_MEMBERS + 2) * CHUNK;
+
+TEST(stripe_pieces_past_the_member_limit_reuse_members_that_finished)
+{
+	legs_rig h("stripe", 2, {{"chunk-shift", CHUNK_SHIFT}});
+	h.request(0, R, 0, LONG_READ);
+	CHECK_EQ(h.count(UD_MEMBER, 0), MAX_MEMBERS);
+	h.complete(UD_MEMBER, 0, 3, CHUNK);
+	struct io_uring_sqe p16 = h.take(UD_MEMBER, 0, 3); /* FOLD_RETRY: chunk 16, leg 1, row 8 */
+	CHECK_RW(p16, IORING_OP_READ_FIXED, 1, MAX_MEMBERS * CHUNK, CHUNK, 8 * CHUNK);
+	h.complete(UD_MEMBER, 0, 0, CHUNK);
+	struct io_uring_sqe p17 = h.take(UD_MEMBER, 0, 0); /* chunk 17, leg 2, row 8 */
+	CHECK_RW(p17, IORING_OP_READ_FIXED, 2, (MAX_MEMBERS + 1) * CHUNK, CHUNK, 8 * CHUNK);
+	h.answer(p16, CHUNK);
+	h.answer(p17, CHUNK);
+	h.answer_members(0);
+	CHECK_EQ(h.result(0), LONG_READ); /* what a reused member covered first counts too */
+	CHECK_EQ(h.logged(UD_MEMBER), MAX_MEMBERS + 2);
+	CHECK_EQ(h.q.stats.retries.load(), 2);
+}
+
+TEST(stripe_a_failed_piece_ends_the_request_without_the_pieces_left)
+{
+	legs_rig h("stripe", 2, {{"chunk-shift", CHUNK_SHIFT}});
+	h.request(0, R, 0, LONG_READ);
+	h.complete(UD_MEMBER, 0, 5, -EIO);
+	h.answer_members(0);
+	CHECK_EQ(h.result(0), -EIO);
+	CHECK_EQ(h.logged(UD_MEMBER), MAX_MEMBERS);
+	CHECK_EQ(h.q.stats.retries.load(), 0);
+}
+
+TEST(stripe_a_flush_goes_to_every_leg)
+{
+	legs_rig h("stripe", 3, {{"chunk-shift", CHUNK_SHIFT}});
+	h.request(2, FLUSH, 0, 0);
+	for (unsigned i = 0; i < 3; i++) {
+		struct io_uring_sqe s = h.take(UD_MEMBER, 2, i);
+		CHECK_EQ(s.opcode, IORING_OP_FSYNC);
+		CHECK_EQ(s.fd, 1 + i);
+		h.answer(s, 0);
+	}
+	CHECK_EQ(h.result(2), 0);
+}
+
+/* [2048, 18432) over 3 legs: chunks 0 and 3 are rows 0-1 of leg 1 (from 2048 into row 0), chunks 1 and
+ * 4 rows 0-1 of leg 2 (up to 2048 into row 1), chunk 2 row 0 of leg 3. */
+static const uint64_t SPREAD_OFF = 2048, SPREAD_LEN = 4 * CHUNK;
+
+TEST(stripe_a_discard_is_one_range_per_leg)
+{
+	legs_rig h("stripe", 3, {{"chunk-shift", CHUNK_SHIFT}});
+	h.request(0, DISCARD, SPREAD_OFF, SPREAD_LEN);
+	struct io_uring_sqe a = h.take(UD_MEMBER, 0, 0), b = h.take(UD_MEMBER, 0, 1), c = h.take(UD_MEMBER, 0, 2);
+	CHECK_FALLOCATE(a, 1, 2048, 2 * CHUNK - 2048, PUNCH);
+	CHECK_FALLOCATE(b, 2, 0, CHUNK + 2048, PUNCH);
+	CHECK_FALLOCATE(c, 3, 0, CHUNK, PUNCH);
+	for (const struct io_uring_sqe &s : {a, b, c})
+		h.answer(s, 0);
+	CHECK_EQ(h.result(0), 0);
+}
+
+TEST(stripe_a_discard_on_a_block_device_leg_is_a_block_discard_of_its_range)
+{
+	legs_rig h("stripe", 3, {{"chunk-shift", CHUNK_SHIFT}, {"block-discard", 0b010}});
+	h.request(0, DISCARD, SPREAD_OFF, SPREAD_LEN);
+	CHECK_EQ(h.count(UD_MEMBER, 0), 2);
+	struct io_uring_sqe block = h.take(UD_TARGET_REQ, 0, 2);
+	CHECK_BLOCK_DISCARD(block, 2, 0, CHUNK + 2048);
+	h.answer_members(0);
+	CHECK(!h.committed(0)); /* the block discard is still out */
+	h.answer(block, 0);
+	CHECK_EQ(h.result(0), 0);
+}
+
+/* ---- mirror: legs ---- */
+
+TEST(mirror_reads_take_the_legs_in_turn)
+{
+	legs_rig h("mirror", 2);
+	for (uint16_t tag = 0; tag < 3; tag++) {
+		h.request(tag, R, 8192 * tag, 4096);
+		struct io_uring_sqe s = h.take(UD_MEMBER, tag, 0);
+		CHECK_RW(s, IORING_OP_READ_FIXED, 1 + tag % 2, 0, 4096, 8192 * tag);
+		CHECK_EQ(h.count(UD_MEMBER, tag), 0); /* one leg per read */
+		h.answer(s, 4096);
+		CHECK_EQ(h.result(tag), 4096);
+	}
+}
+
+TEST(mirror_a_failed_read_is_retried_on_the_next_healthy_leg)
+{
+	legs_rig h("mirror", 3);
+	h.request(0, R, 8192, 4096);
+	h.answer_members(0, 1);
+	CHECK_CONTAINS(h.status(), "\"mirror\":\"degraded\",\"legs\":\"failed,ok,ok\"");
+	CHECK_CONTAINS(h.status(), "\"leg1\":\"failed: read at byte 8192: EIO");
+	CHECK_EQ(h.legs_of(0), 0b010);
+	h.answer_members(0, 2, -ENODATA);
+	struct io_uring_sqe last = h.take(UD_MEMBER, 0, 0); /* the same bytes from the leg left */
+	CHECK_RW(last, IORING_OP_READ_FIXED, 3, 0, 4096, 8192);
+	h.answer(last, 4096);
+	CHECK_EQ(h.result(0), 4096);
+	CHECK_EQ(h.q.stats.retries.load(), 2);
+}
+
+TEST(mirror_a_leg_ending_inside_a_read_is_failed_and_the_read_retried)
+{
+	legs_rig h("mirror", 2);
+	h.request(0, R, 0, 4096);
+	h.complete(UD_MEMBER, 0, 0, 0);
+	CHECK_EQ(h.legs_of(0), 0b10);
+	CHECK_CONTAINS(h.status(), "\"legs\":\"failed,ok\"");
+	h.answer_members(0);
+	CHECK_EQ(h.result(0), 4096);
+}
+
+TEST(mirror_a_write_goes_to_every_leg)
+{
+	legs_rig h("mirror", 3);
+	h.request(1, W, 4096, 8192, UBLK_IO_F_FUA);
+	CHECK_EQ(h.count(UD_MEMBER, 1), 3);
+	for (unsigned i = 0; i < 3; i++) {
+		CHECK(!h.committed(1));
+		struct io_uring_sqe s = h.take(UD_MEMBER, 1, i);
+		CHECK_RW(s, IORING_OP_WRITE_FIXED, 1 + i, 0, 8192, 4096);
+		CHECK_EQ(s.rw_flags, RWF_DSYNC);
+		h.answer(s, 8192);
+	}
+	CHECK_EQ(h.result(1), 8192);
+}
+
+/* A 4 KiB WRITE on tag whose member on leg `bad` (a fixed file) fails with err while the others succeed;
+ * its result. */
+static int32_t write_failing_on(legs_rig &h, uint16_t tag, int bad, int32_t err = -EIO)
+{
+	h.request(tag, W, 0, 4096);
+	h.answer_members(tag, bad, err);
+	return h.result(tag);
+}
+
+TEST(mirror_a_failed_leg_gets_no_more_io)
+{
+	legs_rig h("mirror", 3);
+	CHECK_EQ(write_failing_on(h, 0, 2), 4096); /* the other legs have the data */
+	CHECK_CONTAINS(h.status(), "\"legs\":\"ok,failed,ok\",\"leg2\":\"failed: write at byte 0: EIO");
+	h.request(1, W, 0, 4096);
+	CHECK_EQ(h.legs_of(1), 0b101);
+	h.request(2, FLUSH, 0, 0);
+	CHECK_EQ(h.legs_of(2), 0b101);
+	h.request(3, R, 0, 4096);
+	CHECK_EQ(h.legs_of(3), 0b001);
+	h.request(0, R, 0, 4096); /* leg 2's turn: leg 3 takes it */
+	CHECK_EQ(h.legs_of(0), 0b100);
+	for (uint16_t tag = 0; tag < 4; tag++) {
+		h.answer_members(tag);
+		CHECK_EQ(h.result(tag), tag == 2 ? 0 : 4096); /* the FLUSH on tag 2 moves no bytes */
+	}
+}
+
+TEST(mirror_the_last_healthy_leg_failing_fails_the_request)
+{
+	legs_rig h("mirror", 2);
+	CHECK_EQ(write_failing_on(h, 0, 1), 4096);
+	CHECK_EQ(write_failing_on(h, 1, 2, -ENOSPC), -ENOSPC);
+	CHECK_CONTAINS(h.status(), "\"legs\":\"failed,ok\""); /* never marked: there is always a leg to read */
+	h.request(2, R, 0, 4096);
+	h.complete(UD_MEMBER, 2, 0, -EIO);
+	CHECK_EQ(h.result(2), -EIO); /* nowhere else to read it */
+	CHECK_EQ(h.logged(UD_MEMBER, 2), 1);
+}
+
+TEST(mirror_a_cancelled_member_does_not_fail_its_leg)
+{
+	legs_rig h("mirror", 2);
+	CHECK_EQ(write_failing_on(h, 0, 2, -ECANCELED), -ECANCELED);
+	CHECK_CONTAINS(h.status(), "\"mirror\":\"clean\"");
+}
+
+/* ---- mirror: discards ---- */
+
+TEST(mirror_a_discard_punches_every_leg_or_block_discards_it)
+{
+	legs_rig h("mirror", 3, {{"block-discard", 0b010}});
+	h.request(0, DISCARD, 8192, 16384);
+	CHECK_EQ(h.legs_of(0), 0b101);
+	struct io_uring_sqe a = h.take(UD_MEMBER, 0, 0), c = h.take(UD_MEMBER, 0, 1);
+	CHECK_FALLOCATE(a, 1, 8192, 16384, PUNCH);
+	CHECK_FALLOCATE(c, 3, 8192, 16384, PUNCH);
+	struct io_uring_sqe b = h.take(UD_TARGET_REQ, 0, 2);
+	CHECK_BLOCK_DISCARD(b, 2, 8192, 16384);
+	h.answer(b, 0);
+	h.answer(a, 0);
+	CHECK(!h.committed(0));
+	h.answer(c, 0);
+	CHECK_EQ(h.result(0), 0);
+}
+
+TEST(mirror_block_discards_beyond_a_requests_ring_ops_wait_their_turn)
+{
+	legs_rig h("mirror", 3, {{"block-discard", 0b111}});
+	h.request(0, DISCARD, 0, 4096);
+	CHECK_EQ(h.count(UD_MEMBER, 0), 0);
+	CHECK_EQ(h.count(UD_TARGET_REQ, 0), MAX_REQUEST_OPS);
+	h.complete(UD_TARGET_REQ, 0, 2, 0);
+	struct io_uring_sqe third = h.take(UD_TARGET_REQ, 0, 3);
+	CHECK_BLOCK_DISCARD(third, 3, 0, 4096);
+	h.answer(third, 0);
+	CHECK(!h.committed(0));
+	h.complete(UD_TARGET_REQ, 0, 1, 0);
+	CHECK_EQ(h.result(0), 0);
+}
+
+TEST(mirror_a_failed_block_discard_fails_its_leg_but_one_that_cannot_discard_does_not)
+{
+	legs_rig h("mirror", 2, {{"block-discard", 0b11}});
+	h.request(0, DISCARD, 0, 4096);
+	h.complete(UD_TARGET_REQ, 0, 1, -EOPNOTSUPP); /* the block layer writes zeroes instead */
+	h.complete(UD_TARGET_REQ, 0, 2, -EIO);
+	CHECK_EQ(h.result(0), -EOPNOTSUPP);
+	CHECK_CONTAINS(h.status(), "\"legs\":\"ok,failed\",\"leg2\":\"failed: discard at byte 0: EIO");
+}
