@@ -1,12 +1,10 @@
 // The asynchronous engine through its first consumer, the fault target, on the real driver: held requests
 // overlap, errors reach the reader and nothing else, a backing that fails is survived, and a device whose
 // requests never complete (or whose queue fails) is still deleted at once, leaving nothing behind.
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
-import { deleteDevice } from '../../src/lifecycle.js';
-import { cli, cliJson, delAll, fioInBackground, inflight, noMerges, nothingLeft, scratch, serverPids, sh, sleep, type AddedDevice } from './helpers.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { cli, cliJson, delAll, deletePromptly, dmDevice, fioInBackground, fioJob, hung, inBackground, noMerges, nothingLeft, readsInFlight, scratch, serverPids, sh, sleep, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
 
@@ -20,14 +18,12 @@ function dd(args: string): { ok: boolean; err: string } {
   }
 }
 
-
-
 describe('fault --delay-us', () => {
   it('64 delayed requests wait side by side, not one after another', () => {
     const dev = cliJson<AddedDevice>('add', '--target', 'fault', '--over', 'null', '--size', '1G', '--delay-us', '50000', '--queues', '1');
     const out = sh(`fio --name=d --filename=${dev.blockDevice} --ioengine=io_uring --direct=1 --rw=randread --bs=4k --iodepth=64 ` +
       `--time_based --runtime=6 --ramp_time=1 --output-format=json`);
-    const iops = (JSON.parse(out) as { jobs: { read: { iops: number } }[] }).jobs[0].read.iops;
+    const iops = fioJob(out).read.iops;
     console.log(`fault --delay-us 50000, QD64: ${iops.toFixed(0)} IOPS (serialised would be 20)`);
     expect(iops).toBeGreaterThanOrEqual((0.7 * 64) / 0.05);
   });
@@ -75,13 +71,7 @@ describe('a backing store that fails', () => {
     // 8 MiB of a RAM disk (loop over tmpfs), then 8 MiB of dm's error target.
     const dir = scratch('dm-error');
     sh(`truncate -s 8M ${dir}/good.img`);
-    const loop = sh(`losetup --show -f ${dir}/good.img`).trim();
-    // No udev in the guest: dmsetup must not wait for it; devtmpfs makes /dev/dm-N.
-    sh(`printf '0 16384 linear ${loop} 0\\n16384 16384 error\\n' | dmsetup create --noudevsync ublk-ts-bad`);
-    onTestFinished(() => {
-      sh(`dmsetup remove --noudevsync ublk-ts-bad 2>/dev/null || true; losetup -d ${loop} || true`);
-    });
-    const dm = `/dev/dm-${sh('dmsetup info -c --noheadings -o minor ublk-ts-bad').trim()}`;
+    const dm = dmDevice('ublk-ts-bad', `${dir}/good.img`, (loop) => `0 16384 linear ${loop} 0\\n16384 16384 error\\n`);
     const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', dm, '--queues', '1');
     expect(dd(`if=${dev.blockDevice} of=/dev/null bs=1M count=8 iflag=direct`).ok).toBe(true);
     const bad = dd(`if=${dev.blockDevice} of=/dev/null bs=1M skip=8 count=1 iflag=direct`);
@@ -103,38 +93,24 @@ describe('teardown never strands a request', () => {
     // Not sector 0 nor the end: the kernel's partition scan reads those and would stall first.
     const fio = fioInBackground(['--name=stall', `--filename=${dev.blockDevice}`, '--ioengine=io_uring', '--direct=1',
       '--rw=randread', '--bs=4k', '--iodepth=64', '--offset=1M', '--size=32M', '--time_based', '--runtime=120']);
-    for (let i = 0; i < 200 && inflight(dev.id)[0] < 64; i++) await sleep(100);
-    expect(inflight(dev.id)[0]).toBe(64);
-    const t0 = Date.now();
-    await deleteDevice(dev.id);
-    const took = Date.now() - t0;
-    console.log(`del with 64 stalled requests took ${took} ms`);
-    expect(took).toBeLessThan(5000);
-    const code = await Promise.race([fio.exit, sleep(60_000).then(() => 'hung' as const)]);
-    expect(code).not.toBe('hung');
+    await readsInFlight(dev.id, 64, 200);
+    await deletePromptly(dev.id, fio, 'with 64 stalled requests');
     expect(fio.output()).toMatch(/error/i);
     await nothingLeft();
   });
 
   it('a failed queue stops the device by itself: --foreground exits, nothing hangs, nothing is left', async () => {
-    const srv = spawn(process.execPath, ['dist/ublk-ts.mjs', 'add', '--target', 'fault', '--over', 'null', '--size', '1G',
-      '--fail-queue-after', '200', '--queues', '2', '--foreground'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let log = '';
-    srv.stdout.on('data', (d: Buffer) => (log += d.toString()));
-    srv.stderr.on('data', (d: Buffer) => (log += d.toString()));
-    const exit = new Promise<number | null>((r) => srv.on('exit', (code) => r(code)));
-    onTestFinished(() => {
-      srv.kill('SIGKILL');
-    });
-    for (let i = 0; i < 300 && !/\/dev\/ublkb\d+/.test(log); i++) await sleep(100);
-    const blk = /\/dev\/ublkb\d+/.exec(log)?.[0];
+    const srv = inBackground(process.execPath, ['dist/ublk-ts.mjs', 'add', '--target', 'fault', '--over', 'null', '--size', '1G',
+      '--fail-queue-after', '200', '--queues', '2', '--foreground']);
+    for (let i = 0; i < 300 && !/\/dev\/ublkb\d+/.test(srv.output()); i++) await sleep(100);
+    const blk = /\/dev\/ublkb\d+/.exec(srv.output())?.[0];
     expect(blk).toBeDefined();
     const fio = fioInBackground(['--name=q', `--filename=${blk}`, '--ioengine=io_uring', '--direct=1', '--rw=randread',
       '--bs=4k', '--iodepth=32', '--time_based', '--runtime=60']);
-    const code = await Promise.race([exit, sleep(30_000).then(() => 'hung' as const)]);
+    const code = await hung(srv.exit, 30_000);
     expect(code).not.toBe('hung');
-    expect(log).toMatch(/queue failure: .*fail-queue-after 200/);
-    expect(await Promise.race([fio.exit, sleep(60_000).then(() => 'hung' as const)])).not.toBe('hung');
+    expect(srv.output()).toMatch(/queue failure: .*fail-queue-after 200/);
+    expect(await hung(fio.exit, 60_000)).not.toBe('hung');
     expect(cli('del', '--all').status).toBe(0);
     await nothingLeft();
   });

@@ -3,21 +3,19 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { cliJson, delAll, DATA_MODES, loopDevice, queueAttr, scratch, sh, ublkDevices, type AddedDevice } from './helpers.js';
+import { cliJson, delAll, DATA_MODES, FIO_VERIFY, fioJob, listEntry, loopDevice, MNT, queueAttr, scratch, sh, ublkDevices, type AddedDevice } from './helpers.js';
 
 /** fio verify=crc32c random writes over the device; every byte written, and read back by the verify pass. */
 function fioVerify(dev: string, bsrange: string, iodepth: number, bytes: number): void {
   const out = sh(
     `fio --output-format=json --name=verify --filename=${dev} --ioengine=io_uring --direct=1 ` +
-      `--rw=randwrite --bsrange=${bsrange} --iodepth=${iodepth} --size=${bytes} --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0`,
+      `--rw=randwrite --bsrange=${bsrange} --iodepth=${iodepth} --size=${bytes} ${FIO_VERIFY}`,
   );
-  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: { error: number; write: { io_bytes: number }; read: { io_bytes: number } }[] }).jobs[0];
+  const job = fioJob(out);
   expect(job.error).toBe(0);
   expect(job.write.io_bytes).toBeGreaterThanOrEqual(bytes);
   expect(job.read.io_bytes).toBeGreaterThanOrEqual(bytes);
 }
-
-const MNT = '/tmp/ublk-mnt';
 
 const RANDOM = '/tmp/ublk-ts-random.bin';
 beforeAll(() => {
@@ -51,7 +49,7 @@ describe.each(DATA_MODES)('file target, data mode %s', (mode) => {
     expect(dev.mode).toBe(mode);
     expect(fs.existsSync(dev.blockDevice)).toBe(true);
 
-    const listed = cliJson<AddedDevice[]>('list').find((d) => d.id === dev.id);
+    const listed = listEntry(dev.id);
     expect(listed).toMatchObject({ mode, queues: 2, pid: dev.pid, size: 640 << 20 });
     expect(listed?.info.file).toBe(img);
 
@@ -85,7 +83,7 @@ describe('file target over a block device', () => {
     const loop = loopDevice(path.join(scratch('loop-4k'), 'back.img'), '128M', 4096);
     const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', loop, '--queues', '2');
     expect(queueAttr(dev.blockDevice, 'logical_block_size')).toBe('4096');
-    const info = cliJson<AddedDevice[]>('list').find((d) => d.id === dev.id)?.info;
+    const info = listEntry(dev.id)?.info;
     expect(info).toMatchObject({ kind: 'block device', direct: true, logicalBlockSize: 4096, reason: "logical block size 4096: the backing's" });
 
     sh(`mkfs.ext4 -q -F ${dev.blockDevice} && mkdir -p ${MNT} && mount ${dev.blockDevice} ${MNT}`);
@@ -99,7 +97,7 @@ describe('file target over a block device', () => {
     // 512-byte blocks on a 4096-byte backing: O_DIRECT would refuse them, the page cache takes them.
     const small = cliJson<AddedDevice>('add', '--target', 'file', '--file', loop, '--logical-block-size', '512', '--queues', '1');
     expect(queueAttr(small.blockDevice, 'logical_block_size')).toBe('512');
-    expect(cliJson<AddedDevice[]>('list').find((d) => d.id === small.id)?.info).toMatchObject({
+    expect(listEntry(small.id)?.info).toMatchObject({
       direct: false,
       logicalBlockSize: 512,
       reason: "buffered: --logical-block-size 512 is below the backing's 4096-byte direct IO alignment",
@@ -113,7 +111,7 @@ describe('file target over a block device', () => {
   it('discard reaches the backing as a discard: the loop device counts the sectors, the range reads back zero', () => {
     const loop = loopDevice(path.join(scratch('loop-discard'), 'back.img'), '64M', 512);
     const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', loop, '--queues', '1');
-    expect(cliJson<AddedDevice[]>('list').find((d) => d.id === dev.id)?.info.discard).toBe('block discard');
+    expect(listEntry(dev.id)?.info.discard).toBe('block discard');
     // Only what the backing has is advertised.
     for (const attr of ['discard_max_bytes', 'discard_granularity']) expect(queueAttr(dev.blockDevice, attr)).toBe(queueAttr(loop, attr));
     sh(`dd if=${RANDOM} of=${dev.blockDevice} bs=1M count=12 oflag=direct status=none`);

@@ -3,6 +3,8 @@ import { execFileSync, spawn, spawnSync, type ChildProcess, type SpawnSyncReturn
 import fs from 'node:fs';
 import path from 'node:path';
 import { expect, onTestFinished } from 'vitest';
+import { deleteDevice, type ListedDevice } from '../../src/lifecycle.js';
+import type { DeviceRecord } from '../../src/state.js';
 
 export const CLI = path.resolve('dist/ublk-ts.mjs');
 
@@ -15,6 +17,13 @@ export function cliJson<T>(...args: string[]): T {
   const r = cli(...args, '--json');
   if (r.status !== 0) throw new Error(`ublk-ts ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
   return JSON.parse(r.stdout) as T;
+}
+
+/** Says the command failed, with one line on stderr; returns that stderr. */
+export function failedInOneLine(r: SpawnSyncReturns<string>): string {
+  expect(r.status, r.stderr).not.toBe(0);
+  expect(r.stderr.trim().split('\n')).toHaveLength(1);
+  return r.stderr;
 }
 
 export function sh(cmd: string, timeout = 900_000): string {
@@ -38,9 +47,12 @@ export function scratch(name: string): string {
   return dir;
 }
 
+/** Where a test mounts a filesystem (delAll unmounts it). */
+export const MNT = '/tmp/ublk-mnt';
+
 /** After each test: no mount, no device, no scratch file left (the guest's tmpfs is its RAM). */
 export function delAll(): void {
-  sh('mountpoint -q /tmp/ublk-mnt && umount /tmp/ublk-mnt || true');
+  sh(`mountpoint -q ${MNT} && umount ${MNT} || true`);
   cli('del', '--all');
   fs.rmSync(path.join('/tmp', 'ublk-ts-test'), { recursive: true, force: true });
   // A tool that opened /dev/ublkbN after its device was gone made a regular file there (on the guest's RAM):
@@ -49,22 +61,34 @@ export function delAll(): void {
     if (!fs.statSync(`/dev/${n}`).isBlockDevice() && !fs.statSync(`/dev/${n}`).isCharacterDevice()) fs.rmSync(`/dev/${n}`);
 }
 
-export interface AddedDevice {
-  id: number;
-  blockDevice: string;
-  mode: string;
-  pid: number;
-  queues: number;
-  depth: number;
-  size: number;
-  /** The server's log file. */
-  log: string;
-  info: Record<string, string | number | boolean>;
+/** What `add --json` (and `recover --json`) prints: the device's record. */
+export type AddedDevice = DeviceRecord;
+
+/** A device's entry in `list --json`; one that ublk-ts added carries its record's info. */
+export type Listed = ListedDevice & Pick<DeviceRecord, 'info'>;
+
+/** The device's entry in `list --json`, if it is listed. */
+export const listEntry = (id: number): Listed | undefined => cliJson<Listed[]>('list').find((d) => d.id === id);
+
+/** The device's entry in `list --json`; throws if it is not listed. */
+export function listed(id: number): Listed {
+  const d = listEntry(id);
+  if (!d) throw new Error(`device ${id} is not listed`);
+  return d;
 }
+
+/** The device's state in `list --json` (undefined while it is not listed). */
+export const stateOf = (id: number) => listEntry(id)?.state;
 
 export const DATA_MODES = ['auto-lease', 'lease', 'user-copy', 'copy'] as const;
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** What `p` settles to, or 'hung' if it has not within `ms`. */
+export const hung = <T>(p: Promise<T>, ms: number) => Promise.race([p, sleep(ms).then(() => 'hung' as const)]);
+
+/** Whether process `pid` exists. */
+export const alive = (pid: number) => fs.existsSync(`/proc/${pid}`);
 
 /** Reads and writes in flight on /dev/ublkbN, from the block layer. */
 export const inflight = (id: number) => fs.readFileSync(`/sys/block/ublkb${id}/inflight`, 'utf8').trim().split(/\s+/).map(Number);
@@ -72,25 +96,66 @@ export const inflight = (id: number) => fs.readFileSync(`/sys/block/ublkb${id}/i
 /** Turns off request merging, so N requests of fio stay N requests in flight (two adjacent random reads would merge). */
 export const noMerges = (id: number) => fs.writeFileSync(`/sys/block/ublkb${id}/queue/nomerges`, '2');
 
+/** Waits (bounded: `polls` checks, 100 ms apart) until `n` reads are in flight on the device, then says so. */
+export async function readsInFlight(id: number, n: number, polls: number): Promise<void> {
+  for (let i = 0; i < polls && inflight(id)[0] < n; i++) await sleep(100);
+  expect(inflight(id)[0]).toBe(n);
+}
+
 /**
- * Starts fio in the background with its output collected. It is always killed when the test ends: a later
- * device may reuse the same /dev/ublkbN path, and a leaked fio would write into it.
+ * Deletes the device through the API the CLI calls, in this process (under emulation with fio busy, a fresh
+ * node process alone takes seconds), and says it took under 5 s and that `load` on it ended within a minute.
  */
-export function fioInBackground(args: string[]): { exit: Promise<number | null>; output: () => string } {
-  const fio = spawn('fio', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+export async function deletePromptly(id: number, load: { exit: Promise<number | null> }, what: string): Promise<void> {
+  const t0 = Date.now();
+  await deleteDevice(id);
+  const took = Date.now() - t0;
+  console.log(`del ${what} took ${took} ms`);
+  expect(took).toBeLessThan(5000);
+  expect(await hung(load.exit, 60_000)).not.toBe('hung');
+}
+
+/** Starts a command in the background with its output (stdout and stderr) collected; killed when the test ends. */
+export function inBackground(cmd: string, args: string[]): { exit: Promise<number | null>; output: () => string } {
+  const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
-  fio.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  fio.stderr.on('data', (d: Buffer) => (out += d.toString()));
-  const exit = new Promise<number | null>((r) => fio.on('exit', (code) => r(code)));
+  p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  p.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  const exit = new Promise<number | null>((r) => p.on('exit', (code) => r(code)));
   onTestFinished(() => {
-    fio.kill('SIGKILL');
+    p.kill('SIGKILL');
   });
   return { exit, output: () => out };
 }
 
-/** Waits (bounded) until no ublk device and no server process is left, then says so. */
-export async function nothingLeft(): Promise<void> {
-  for (let i = 0; i < 100 && (ublkDevices().length > 0 || serverPids().length > 0); i++) await sleep(100);
+/**
+ * fio in the background. It must be killed when the test ends: a later device may reuse the same
+ * /dev/ublkbN path, and a leaked fio would write into it.
+ */
+export const fioInBackground = (args: string[]) => inBackground('fio', args);
+
+/** fio's options to check every block it wrote (crc32c), stop at the first bad one, and save no state file. */
+export const FIO_VERIFY = '--verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0';
+
+/** fio's one job (or its group), as --output-format=json reports it. */
+export interface FioJob {
+  error: number;
+  job_runtime: number;
+  read: FioDirection;
+  write: FioDirection;
+}
+interface FioDirection {
+  io_bytes: number;
+  iops: number;
+  total_ios: number;
+}
+
+/** The first job of fio's --output-format=json output (whatever fio printed before the JSON skipped). */
+export const fioJob = (out: string) => (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: FioJob[] }).jobs[0];
+
+/** Waits (bounded: `polls` checks, 100 ms apart) until no ublk device and no server process is left, then says so. */
+export async function nothingLeft(polls = 100): Promise<void> {
+  for (let i = 0; i < polls && (ublkDevices().length > 0 || serverPids().length > 0); i++) await sleep(100);
   expect(ublkDevices()).toEqual([]);
   expect(serverPids()).toEqual([]);
 }
@@ -134,6 +199,17 @@ export function loopDevice(file: string, size: string, sectorSize: number): stri
     sh(`losetup -d ${loop} || true`);
   });
   return loop;
+}
+
+/** A device-mapper device with `table` over a loop device over `file`; removed when the test ends. */
+export function dmDevice(name: string, file: string, table: (loop: string) => string): string {
+  const loop = sh(`losetup --show -f ${file}`).trim();
+  // No udev in the guest: dmsetup must not wait for it; devtmpfs makes /dev/dm-N.
+  sh(`printf '${table(loop)}' | dmsetup create --noudevsync ${name}`);
+  onTestFinished(() => {
+    sh(`dmsetup remove --noudevsync ${name} 2>/dev/null || true; losetup -d ${loop} || true`);
+  });
+  return `/dev/dm-${sh(`dmsetup info -c --noheadings -o minor ${name}`).trim()}`;
 }
 
 /** A request queue limit of block device dev, from sysfs. */

@@ -2,8 +2,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { deleteDevice } from '../../src/lifecycle.js';
-import { cli, cliJson, DATA_MODES, delAll, fioInBackground, scratch, serverPids, sh, sleep, ublkDevices, type AddedDevice } from './helpers.js';
+import { cli, cliJson, DATA_MODES, delAll, deletePromptly, fioInBackground, nothingLeft, scratch, serverPids, sh, sleep, ublkDevices, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
 
@@ -76,18 +75,10 @@ describe('delete under load', () => {
       '--bs=4k', '--iodepth=64', '--size=512M', '--time_based', '--runtime=120']);
     await sleep(4000);
     expect(fio.output()).not.toMatch(/error/); // it was running cleanly before the delete
-    const t0 = Date.now();
-    await deleteDevice(dev.id);
-    const took = Date.now() - t0;
-    console.log(`del under load took ${took} ms`);
-    expect(took).toBeLessThan(5000);
-    const code = await Promise.race([fio.exit, sleep(60_000).then(() => 'hung' as const)]);
-    expect(code).not.toBe('hung');
+    await deletePromptly(dev.id, fio, 'under load');
     expect(fio.output()).toMatch(/io_u error on file/); // fio saw the device go, as errors
     // DEL_DEV_ASYNC frees the id once fio, the last opener, has closed the device.
-    for (let i = 0; i < 50 && (ublkDevices().length > 0 || serverPids().length > 0); i++) await sleep(100);
-    expect(ublkDevices()).toEqual([]);
-    expect(serverPids()).toEqual([]);
+    await nothingLeft(50);
   });
 
   it('the del command deletes an idle device and says so', () => {

@@ -4,15 +4,20 @@
 // block-device legs: the block size and discard all legs take, a discard that reaches each as a discard.
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import {
   cli,
   cliJson,
   delAll,
   discardedSectors,
+  dmDevice,
   expectScsiDebug4kLimits,
+  FIO_VERIFY,
   fioInBackground,
+  fioJob,
+  listed,
   loopDevice,
+  MNT,
   queueAttr,
   scratch,
   sh,
@@ -20,40 +25,15 @@ import {
   SCSI_DEBUG_4K_DISCARD,
   sleep,
   type AddedDevice,
+  type Listed,
 } from './helpers.js';
 
 afterEach(delAll);
 
-const MNT = '/tmp/ublk-mnt';
-
-interface FioJob {
-  error: number;
-  write: { io_bytes: number };
-  read: { io_bytes: number };
-}
-const fioJob = (out: string) => (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: FioJob[] }).jobs[0];
-
-const VERIFY = '--ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-256k --iodepth=64 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0';
-
-function listed(id: number): AddedDevice {
-  const d = cliJson<AddedDevice[]>('list').find((x) => x.id === id);
-  if (!d) throw new Error(`device ${id} is not listed`);
-  return d;
-}
-
-/** A device-mapper device over a loop device over a tmpfs file; removed when the test ends. */
-function dmDevice(name: string, file: string, table: (loop: string) => string): string {
-  const loop = sh(`losetup --show -f ${file}`).trim();
-  // No udev in the guest: dmsetup must not wait for it; devtmpfs makes /dev/dm-N.
-  sh(`printf '${table(loop)}' | dmsetup create --noudevsync ${name}`);
-  onTestFinished(() => {
-    sh(`dmsetup remove --noudevsync ${name} 2>/dev/null || true; losetup -d ${loop} || true`);
-  });
-  return `/dev/dm-${sh(`dmsetup info -c --noheadings -o minor ${name}`).trim()}`;
-}
+const VERIFY = `--ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-256k --iodepth=64 ${FIO_VERIFY}`;
 
 /** Waits until the server's status poll (once a second) has put the leg's failure into the record. */
-async function failedLeg(id: number): Promise<AddedDevice> {
+async function failedLeg(id: number): Promise<Listed> {
   for (let i = 0; i < 50; i++) {
     const d = listed(id);
     if (d.info.mirror === 'degraded') return d;
@@ -94,7 +74,7 @@ describe('mirror with a failing leg', () => {
     const good = path.join(dir, 'good.img');
     sh(`truncate -s 128M ${good} ${dir}/back.img`);
     const dm = dmDevice('ublk-ts-leg', `${dir}/back.img`, (loop) => `0 262144 linear ${loop} 0\\n`);
-    const dev = cliJson<AddedDevice & { log: string }>('add', '--target', 'mirror', '--leg', good, '--leg', dm, '--queues', '2');
+    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', good, '--leg', dm, '--queues', '2');
     sh(`mkfs.ext4 -q -F ${dev.blockDevice} && mkdir -p ${MNT} && mount ${dev.blockDevice} ${MNT}`);
     sh(`for i in 1 2 3 4; do head -c 3M /dev/urandom > ${MNT}/before$i; done && sync`);
 

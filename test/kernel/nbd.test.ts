@@ -9,20 +9,11 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
-import { cli, cliJson, delAll, fioInBackground, inflight, nbdkit, nothingLeft, scratch, sh, sleep, socketServer, waitFor, type AddedDevice } from './helpers.js';
+import { cli, cliJson, delAll, failedInOneLine, FIO_VERIFY, fioInBackground, fioJob, hung, inflight, listed, MNT, nbdkit, nothingLeft, scratch, sh, sleep, socketServer, stopServer, waitFor, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
 
-const MNT = '/tmp/ublk-mnt';
-
-const VERIFY = '--ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-256k --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0';
-
-interface FioJob {
-  error: number;
-  write: { io_bytes: number };
-  read: { io_bytes: number };
-}
-const fioJob = (out: string) => (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: FioJob[] }).jobs[0];
+const VERIFY = `--ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-256k ${FIO_VERIFY}`;
 
 /**
  * fio's verification at QD64 on the device: zero errors, and every byte written was read back.
@@ -39,13 +30,6 @@ function fioVerify(dev: string, mb: number, queues = 1): void {
   expect(job.error, stderr).toBe(0);
   expect(job.read.io_bytes).toBe(queues * mb * 2 ** 20);
 }
-
-function listed(id: number): AddedDevice {
-  const d = cliJson<AddedDevice[]>('list').find((x) => x.id === id);
-  if (!d) throw new Error(`device ${id} is not listed`);
-  return d;
-}
-
 
 /** qemu-nbd serving a new qcow2 image of `size` in `dir` (`extra`: e.g. an export name). */
 function qemuNbd(dir: string, sock: string, size: string, extra: string[] = []): Promise<ChildProcess> {
@@ -135,8 +119,7 @@ describe('connections', () => {
     const sock = path.join(dir, 'nbd.sock');
     await qemuNbd(dir, sock, '64M');
     const r = cli('add', '--target', 'nbd', '--socket', sock, '--queues', '2');
-    expect(r.status).not.toBe(0);
-    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    failedInOneLine(r);
     console.log(`no multi-conn: ${r.stderr.trim()}`);
     await nothingLeft();
   });
@@ -186,8 +169,7 @@ describe('exports that are not what they seem', () => {
     const sock = path.join(scratch('nbd-noexport'), 'nbd.sock');
     await nbdkit(sock, '--filter=exportname', 'memory', '64M', 'exportname-strict=true', 'exportname=disk', 'default-export=disk');
     const r = cli('add', '--target', 'nbd', '--socket', sock, '--export', 'nope', '--queues', '1');
-    expect(r.status).not.toBe(0);
-    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    failedInOneLine(r);
     console.log(`missing export: ${r.stderr.trim()}`);
     expect(r.stderr).toMatch(/no export named "nope"/);
     await nothingLeft();
@@ -198,8 +180,7 @@ describe('exports that are not what they seem', () => {
     const sock = path.join(dir, 'http.sock');
     await socketServer(process.execPath, ['-e', `require('net').createServer((s) => { s.on('error', () => {}); s.end('HTTP/1.0 400 Bad Request\\r\\n\\r\\n'); }).listen(${JSON.stringify(sock)})`], sock);
     const r = cli('add', '--target', 'nbd', '--socket', sock, '--queues', '1');
-    expect(r.status).not.toBe(0);
-    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    failedInOneLine(r);
     console.log(`not an NBD server: ${r.stderr.trim()}`);
     expect(r.stderr).toMatch(/not an NBD server/);
     await nothingLeft();
@@ -216,7 +197,7 @@ describe('a server that goes away', () => {
     await sleep(3000);
     const t0 = Date.now();
     srv.kill('SIGKILL');
-    const code = await Promise.race([fio.exit, sleep(30_000).then(() => 'hung' as const)]);
+    const code = await hung(fio.exit, 30_000);
     console.log(`fio ended ${Date.now() - t0} ms after the server was killed`);
     expect(code).not.toBe('hung');
     expect(fio.output()).toMatch(/error/i);
@@ -239,7 +220,7 @@ describe('a server that goes away', () => {
     await sleep(3000);
     const t0 = Date.now();
     srv.kill('SIGSTOP');
-    const code = await Promise.race([fio.exit, sleep(30_000).then(() => 'hung' as const)]);
+    const code = await hung(fio.exit, 30_000);
     console.log(`fio ended ${Date.now() - t0} ms after the server was stopped (--timeout 3)`);
     expect(code).not.toBe('hung');
     expect(fio.output()).toMatch(/error/i);
@@ -267,7 +248,7 @@ describe('a server that goes away', () => {
     srv.kill('SIGKILL');
     await sleep(1000);
     srv = await nbdkit(sock, ...args);
-    const code = await Promise.race([fio.exit, sleep(240_000).then(() => 'hung' as const)]);
+    const code = await hung(fio.exit, 240_000);
     expect(code).toBe(0);
     const job = fioJob(fio.output());
     expect(job.error).toBe(0);
@@ -311,9 +292,7 @@ describe('durability across a reconnect', () => {
     let srv = await nbdkit(sock, ...args);
     const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--queues', '1', '--reconnect', '20', '--timeout', '30');
     sh(`dd if=${dir}/block of=${dev.blockDevice} bs=4k seek=16 oflag=direct conv=notrunc status=none`);
-    const gone = new Promise((r) => srv.once('exit', r));
-    srv.kill('SIGKILL');
-    await gone;
+    await stopServer(srv);
     srv = await nbdkit(sock, ...args);
     await waitFor('reconnected', () => listed(dev.id).info.state === 'connected' && Number(listed(dev.id).info.reconnects) >= 1, 20_000);
     // The write really is gone: the killed server held it in its cache only.

@@ -5,9 +5,8 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cli, cliJson, delAll, scratch, sh, type AddedDevice } from './helpers.js';
+import { cli, cliJson, delAll, MNT, scratch, sh, type AddedDevice } from './helpers.js';
 
-const MNT = '/tmp/ublk-mnt';
 const SMALL = '/tmp/ublk-ts-small';
 const CHUNK = 64 * 1024;
 

@@ -7,17 +7,14 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
-import { cli, cliJson, delAll, nbdkit, scratch, sh, sleep, stopServer, waitFor, type AddedDevice } from './helpers.js';
+import { alive, cli, cliJson, delAll, failedInOneLine, listed, listEntry, nbdkit, scratch, sh, sleep, stateOf, stopServer, waitFor, type AddedDevice } from './helpers.js';
 
 afterEach(() => {
   delAll();
   fs.rmSync('/dev/ublk-ts', { recursive: true, force: true });
 });
 
-const alive = (pid: number) => fs.existsSync(`/proc/${pid}`);
-const stateOf = (id: number) => cliJson<{ id: number; state: string }[]>('list').find((d) => d.id === id)?.state;
-
-async function killServer(dev: AddedDevice): Promise<void> {
+async function killServer(dev: Pick<AddedDevice, 'id' | 'pid'>): Promise<void> {
   process.kill(dev.pid, 'SIGKILL');
   await waitFor('the server to end', () => !alive(dev.pid), 20_000);
   await waitFor('the device to wait for a server', () => stateOf(dev.id) === 'quiesced', 20_000);
@@ -35,10 +32,7 @@ function pendingRead(dev: AddedDevice) {
 }
 
 function refused(id: number, why: RegExp): void {
-  const r = cli('recover', '-n', String(id));
-  expect(r.status, r.stderr).not.toBe(0);
-  expect(r.stderr.trim().split('\n')).toHaveLength(1);
-  expect(r.stderr).toMatch(why);
+  expect(failedInOneLine(cli('recover', '-n', String(id)))).toMatch(why);
 }
 
 describe('recover checks the backend before it fetches', () => {
@@ -112,7 +106,7 @@ describe('up with a record whose server is gone', () => {
     const file = config(dir);
     const [first] = cliJson<{ devices: { id: number; state: string }[] }>('up', 'vol', '--config', file).devices;
     expect(first.state).toBe('up');
-    const dev = cliJson<AddedDevice[]>('list').find((d) => d.id === first.id)!;
+    const dev = listed(first.id);
     // The writes wait in the server's page cache until a flush: the device keeps what it acknowledged.
     sh(`dd if=/dev/urandom of=${dir}/p bs=64k count=1 status=none && dd if=${dir}/p of=${dev.blockDevice} bs=64k oflag=direct status=none`);
     await killServer(dev);
@@ -128,7 +122,7 @@ describe('up with a record whose server is gone', () => {
     const recPath = path.join(process.env.UBLK_TS_STATE_DIR ?? '/run/ublk-ts', `ublkb${first.id}.json`);
     const rec = fs.readFileSync(recPath, 'utf8');
     // The device and its server go (a crash, then someone deletes it); another device takes the id.
-    const dev = cliJson<AddedDevice[]>('list').find((d) => d.id === first.id)!;
+    const dev = listed(first.id);
     process.kill(dev.pid, 'SIGKILL');
     await waitFor('the server to end', () => !alive(dev.pid), 20_000);
     expect(cli('del', '-n', String(first.id)).status).toBe(0);
@@ -141,6 +135,6 @@ describe('up with a record whose server is gone', () => {
     expect(again.state).toBe('up');
     expect(again.id).not.toBe(first.id);
     expect(alive(other.pid)).toBe(true);
-    expect(cliJson<{ id: number; queues: number; size: number }[]>('list').find((d) => d.id === first.id)).toMatchObject({ queues: 2, size: 1 << 30 });
+    expect(listEntry(first.id)).toMatchObject({ queues: 2, size: 1 << 30 });
   });
 });

@@ -1,26 +1,12 @@
 // Crash recovery and teardown under load on the real driver: kill -9 then `recover` or the --restart
 // supervisor with a verified write job running, a crash without recovery under a mounted ext4, a dead
 // server's pid reused by another process, and every way of stopping a loaded device.
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
-import { cli, cliJson, delAll, fioInBackground, inflight, nothingLeft, scratch, serverPids, sh, sleep, type AddedDevice } from './helpers.js';
+import { alive, cli, cliJson, delAll, failedInOneLine, fioInBackground, hung, inBackground, inflight, listEntry, MNT, nothingLeft, scratch, serverPids, sh, sleep, stateOf, waitFor, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
-
-type Recorded = AddedDevice & { recovery: boolean; supervisor?: number };
-
-const alive = (pid: number) => fs.existsSync(`/proc/${pid}`);
-const hung = <T>(p: Promise<T>, ms: number) => Promise.race([p, sleep(ms).then(() => 'hung' as const)]);
-
-async function until(what: string, cond: () => boolean, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 /** A random write job that verifies every block it wrote once it is done (each block is written once). */
 function verifiedWrites(dev: string, size = '24M') {
@@ -36,37 +22,35 @@ function noDState(): void {
 describe('user recovery', () => {
   it('kill -9 under a verified write job, then recover -n N: fio ends with zero verify errors', async () => {
     const img = path.join(scratch('recover'), 'disk.img');
-    const dev = cliJson<Recorded>('add', '--target', 'file', '--file', img, '--size', '64M', '--queues', '2');
+    const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', img, '--size', '64M', '--queues', '2');
     expect(dev.recovery).toBe(true);
     const fio = verifiedWrites(dev.blockDevice);
-    await until('requests in flight', () => inflight(dev.id).some((n) => n > 0));
+    await waitFor('requests in flight', () => inflight(dev.id).some((n) => n > 0), 30_000);
     process.kill(dev.pid, 'SIGKILL');
-    await until('the server to end', () => !alive(dev.pid));
+    await waitFor('the server to end', () => !alive(dev.pid), 30_000);
     // The device stays and holds IO: fio waits rather than failing.
     await sleep(1000);
     expect(fs.existsSync(`/sys/block/ublkb${dev.id}`)).toBe(true);
-    const state = cliJson<{ id: number; state: string }[]>('list').find((d) => d.id === dev.id)?.state;
+    const state = stateOf(dev.id);
     expect(state).toBe('quiesced');
-    const back = cliJson<Recorded>('recover', '-n', String(dev.id));
+    const back = cliJson<AddedDevice>('recover', '-n', String(dev.id));
     expect(back.id).toBe(dev.id);
     expect(back.pid).not.toBe(dev.pid);
     expect(await hung(fio.exit, 240_000)).toBe(0);
     expect(fio.output()).toMatch(/err=\s*0/);
     expect(fio.output()).not.toMatch(/verify failed|bad magic|bad header/i);
     // A second recover has nothing to do.
-    const again = cli('recover', '-n', String(dev.id));
-    expect(again.status).not.toBe(0);
-    expect(again.stderr.trim().split('\n')).toHaveLength(1);
+    failedInOneLine(cli('recover', '-n', String(dev.id)));
     expect(cli('del', '-n', String(dev.id)).status).toBe(0);
     await nothingLeft();
   }, 300_000);
 
   it('--restart: the supervisor re-attaches by itself after kill -9 and logs it; del ends both processes', async () => {
     const img = path.join(scratch('restart'), 'disk.img');
-    const dev = cliJson<Recorded>('add', '--target', 'file', '--file', img, '--size', '64M', '--queues', '2', '--restart', '2');
+    const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', img, '--size', '64M', '--queues', '2', '--restart', '2');
     expect(dev.supervisor).toBeGreaterThan(0);
     const fio = verifiedWrites(dev.blockDevice);
-    await until('requests in flight', () => inflight(dev.id).some((n) => n > 0));
+    await waitFor('requests in flight', () => inflight(dev.id).some((n) => n > 0), 30_000);
     process.kill(dev.pid, 'SIGKILL');
     onTestFinished((t) => {
       if (t.state === 'fail') console.log(fs.readFileSync(dev.log, 'utf8'));
@@ -74,7 +58,7 @@ describe('user recovery', () => {
     expect(await hung(fio.exit, 240_000)).toBe(0);
     expect(fio.output()).toMatch(/err=\s*0/);
     expect(fs.readFileSync(dev.log, 'utf8')).toMatch(new RegExp(`restart 1/2: server ${dev.pid} ended \\(killed by SIGKILL\\)`));
-    const now = cliJson<{ id: number; pid: number; state: string }[]>('list').find((d) => d.id === dev.id);
+    const now = listEntry(dev.id);
     expect(now?.state).toBe('live');
     expect(now?.pid).not.toBe(dev.pid);
     expect(cli('del', '-n', String(dev.id)).status).toBe(0);
@@ -85,18 +69,18 @@ describe('user recovery', () => {
   it('--no-recovery: kill -9 under a mounted ext4 fails IO, the disk goes, the backing is clean after replay', async () => {
     const dir = scratch('norecovery');
     const img = path.join(dir, 'disk.img');
-    const dev = cliJson<Recorded>('add', '--target', 'file', '--file', img, '--size', '128M', '--queues', '1', '--no-recovery');
+    const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', img, '--size', '128M', '--queues', '1', '--no-recovery');
     expect(dev.recovery).toBe(false);
-    sh(`mkfs.ext4 -q ${dev.blockDevice} && mkdir -p /tmp/ublk-mnt && mount ${dev.blockDevice} /tmp/ublk-mnt`);
-    const fio = fioInBackground(['--name=w', '--directory=/tmp/ublk-mnt', '--ioengine=io_uring', '--direct=1', '--rw=randwrite',
+    sh(`mkfs.ext4 -q ${dev.blockDevice} && mkdir -p ${MNT} && mount ${dev.blockDevice} ${MNT}`);
+    const fio = fioInBackground(['--name=w', `--directory=${MNT}`, '--ioengine=io_uring', '--direct=1', '--rw=randwrite',
       '--bs=16k', '--iodepth=16', '--size=32M', '--fsync=16', '--time_based', '--runtime=120']);
-    await until('requests in flight', () => inflight(dev.id).some((n) => n > 0));
+    await waitFor('requests in flight', () => inflight(dev.id).some((n) => n > 0), 30_000);
     await sleep(1000);
     process.kill(dev.pid, 'SIGKILL');
     expect(await hung(fio.exit, 60_000)).not.toBe('hung');
     expect(fio.output()).toMatch(/error|Input\/output/i);
-    await until('the disk to go', () => !fs.existsSync(`/sys/block/ublkb${dev.id}`));
-    sh('umount /tmp/ublk-mnt || umount -l /tmp/ublk-mnt');
+    await waitFor('the disk to go', () => !fs.existsSync(`/sys/block/ublkb${dev.id}`), 30_000);
+    sh(`umount ${MNT} || umount -l ${MNT}`);
     expect(cli('del', '-n', String(dev.id)).status).toBe(0);
     noDState();
     // The journal is replayed by a mount of the backing itself; then a forced check finds nothing.
@@ -108,9 +92,9 @@ describe('user recovery', () => {
 
 describe('never touch what is not ours', () => {
   it('del after a crash leaves alone the process that got the dead server\'s pid', async () => {
-    const dev = cliJson<Recorded>('add', '--target', 'null', '--size', '1G', '--queues', '1');
+    const dev = cliJson<AddedDevice>('add', '--target', 'null', '--size', '1G', '--queues', '1');
     process.kill(dev.pid, 'SIGKILL');
-    await until('the server to end', () => !alive(dev.pid));
+    await waitFor('the server to end', () => !alive(dev.pid), 30_000);
     // Hand the pid to a sleeping sh: the next fork after ns_last_pid = pid - 1 gets pid.
     let pid = 0;
     for (let i = 0; i < 20 && pid !== dev.pid; i++) {
@@ -142,28 +126,22 @@ describe('teardown under load', () => {
     const img = path.join(dir, 'disk.img');
     const pattern = path.join(dir, 'pattern');
     sh(`head -c 16M /dev/urandom > ${pattern}`);
-    const dev = cliJson<Recorded>('add', '--target', 'file', '--file', img, '--size', '64M', '--queues', '2', '--depth', '32',
+    const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', img, '--size', '64M', '--queues', '2', '--depth', '32',
       ...(recovery ? [] : ['--no-recovery']));
     const fio = fioInBackground(['--name=load', `--filename=${dev.blockDevice}`, '--ioengine=io_uring', '--direct=1',
       '--rw=randread', '--bs=4k', '--iodepth=64', '--size=32M', '--time_based', '--runtime=120']);
-    const dd = spawn('dd', [`if=${pattern}`, `of=${dev.blockDevice}`, 'bs=64k', 'seek=512', 'oflag=direct'], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let ddErr = '';
-    dd.stderr.on('data', (d: Buffer) => (ddErr += d.toString()));
-    const ddExit = new Promise<number | null>((r) => dd.on('exit', (c) => r(c)));
-    onTestFinished(() => {
-      dd.kill('SIGKILL');
-    });
-    await until('every tag busy', () => inflight(dev.id).reduce((a, b) => a + b, 0) >= 32);
+    const dd = inBackground('dd', [`if=${pattern}`, `of=${dev.blockDevice}`, 'bs=64k', 'seek=512', 'oflag=direct']);
+    await waitFor('every tag busy', () => inflight(dev.id).reduce((a, b) => a + b, 0) >= 32, 30_000);
     await sleep(1500);
     if (how === 'del') expect(cli('del', '-n', String(dev.id)).status).toBe(0);
     else process.kill(dev.pid, how);
     expect(await hung(fio.exit, 60_000)).not.toBe('hung');
-    expect(await hung(ddExit, 60_000)).not.toBe('hung');
-    await until('the disk to go', () => !fs.existsSync(`/sys/block/ublkb${dev.id}`));
+    expect(await hung(dd.exit, 60_000)).not.toBe('hung');
+    await waitFor('the disk to go', () => !fs.existsSync(`/sys/block/ublkb${dev.id}`), 30_000);
     if (how === 'SIGKILL') expect(cli('del', '-n', String(dev.id)).status).toBe(0);
     await nothingLeft();
     noDState();
-    const copied = Number(/^(\d+) bytes/m.exec(ddErr)?.[1]);
+    const copied = Number(/^(\d+) bytes/m.exec(dd.output())?.[1]);
     console.log(`${how}: dd had ${copied} bytes acknowledged`);
     expect(copied).toBeGreaterThan(0);
     expect(sh(`cmp -n ${copied} ${pattern} ${img} 0 ${512 * 65536} && echo same`)).toContain('same');

@@ -4,30 +4,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cli, cliJson, CLI, delAll, fioInBackground, scratch, sh, sleep, type AddedDevice } from './helpers.js';
+import type { DeviceStats } from '../../src/stats.js';
+import { cli, cliJson, CLI, delAll, fioInBackground, fioJob, scratch, sh, sleep, type AddedDevice, type FioJob } from './helpers.js';
 
 afterEach(delAll);
-
-interface Direction {
-  iops: number;
-  bytesPerSecond: number;
-}
-
-interface DeviceStats {
-  id: number;
-  mode: string;
-  window: { from: number; to: number; seconds: number };
-  read: Direction;
-  write: Direction;
-  inFlight: { read: number; write: number };
-  server: { requests: number; leased: number; copied: number; errors: number; requestsPerSecond: number | null } | null;
-}
-
-interface FioJob {
-  job_runtime: number;
-  read: { iops: number };
-  write: { iops: number };
-}
 
 /**
  * fio's IOPS by direction over [from, to] (ms since the epoch), from its per-second log. The log's times
@@ -77,7 +57,7 @@ describe('stats', () => {
     expect(s.read.bytesPerSecond).toBeCloseTo(s.read.iops * 4096, -3);
     expect(s.window.seconds).toBeGreaterThan(14);
     // The server's own counters: every request fio made passed through them, none failed.
-    const total = (JSON.parse(fs.readFileSync(json, 'utf8')) as { jobs: { read: { total_ios: number }; write: { total_ios: number } }[] }).jobs[0];
+    const total = fioJob(fs.readFileSync(json, 'utf8'));
     const after = cliJson<{ devices: DeviceStats[] }>('stats', '-n', String(dev.id)).devices[0].server!;
     expect(after.requests).toBeGreaterThanOrEqual(total.read.total_ios + total.write.total_ios);
     expect(after.leased + after.copied).toBeGreaterThanOrEqual(total.read.total_ios + total.write.total_ios);

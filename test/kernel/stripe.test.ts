@@ -11,7 +11,10 @@ import {
   delAll,
   discardedSectors,
   expectScsiDebug4kLimits,
+  FIO_VERIFY,
+  fioJob,
   loopDevice,
+  MNT,
   scratch,
   scsiDebug,
   SCSI_DEBUG_4K_DISCARD,
@@ -21,16 +24,9 @@ import {
 
 afterEach(delAll);
 
-const MNT = '/tmp/ublk-mnt';
 const KiB = 1024;
 
-interface FioJob {
-  error: number;
-  write: { io_bytes: number };
-  read: { io_bytes: number };
-}
-const fioJob = (out: string) => (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: FioJob[] }).jobs[0];
-const FIO = '--output-format=json --ioengine=io_uring --direct=1 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0';
+const FIO = `--output-format=json --ioengine=io_uring --direct=1 ${FIO_VERIFY}`;
 
 /** The device's bytes put back together from the legs, by the layout the man page states. */
 function assemble(legs: string[], chunk: number, size: number): Buffer {

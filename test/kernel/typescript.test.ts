@@ -6,20 +6,17 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { deleteDevice } from '../../src/lifecycle.js';
 import { readStats } from '../../src/state.js';
-import { CLI, cli, cliJson, delAll, fioInBackground, inflight, noMerges, scratch, serverPids, sh, sleep, ublkDevices, type AddedDevice } from './helpers.js';
+import { CLI, cli, cliJson, delAll, deletePromptly, failedInOneLine, FIO_VERIFY, fioInBackground, MNT, noMerges, nothingLeft, readsInFlight, scratch, serverPids, sh, sleep, ublkDevices, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
-
-const MNT = '/tmp/ublk-mnt';
 
 describe('memory (a TypeScript target)', () => {
   it('carries ext4 and passes fio verify', () => {
     const dev = cliJson<AddedDevice>('add', '--target', 'memory', '--size', '256M', '--queues', '2');
     expect(dev.info.language).toBe('typescript');
     sh(`fio --name=v --filename=${dev.blockDevice} --ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-256k ` +
-      `--iodepth=64 --size=96M --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse`);
+      `--iodepth=64 --size=96M ${FIO_VERIFY} --output-format=terse`);
     sh(`mkfs.ext4 -q -F ${dev.blockDevice} && mkdir -p ${MNT} && mount ${dev.blockDevice} ${MNT}`);
     sh(`head -c 24M /dev/urandom > /tmp/ublk-ts-mem.bin && cp /tmp/ublk-ts-mem.bin ${MNT}/a && mkdir ${MNT}/d && cp /tmp/ublk-ts-mem.bin ${MNT}/d/b`);
     sh(`umount ${MNT} && echo 3 > /proc/sys/vm/drop_caches && mount ${dev.blockDevice} ${MNT}`);
@@ -128,24 +125,15 @@ describe("a user's own TypeScript target", () => {
       '--rw=randread', '--bs=4k', '--iodepth=8', '--offset=2M', '--size=1M', '--time_based', '--runtime=60']);
     // Delete only once fio's reads are held by the handler: a fio that opened the path after the delete
     // would make a regular file there.
-    for (let i = 0; i < 300 && inflight(dev.id)[0] < 8; i++) await sleep(100);
-    expect(inflight(dev.id)[0]).toBe(8);
-    const t0 = Date.now();
-    await deleteDevice(dev.id);
-    expect(Date.now() - t0).toBeLessThan(5000);
-    expect(await Promise.race([stuck.exit, sleep(60_000).then(() => 'hung' as const)])).not.toBe('hung');
-    for (let i = 0; i < 100 && (ublkDevices().length > 0 || serverPids().length > 0); i++) await sleep(100);
-    expect(ublkDevices()).toEqual([]);
-    expect(serverPids()).toEqual([]);
+    await readsInFlight(dev.id, 8, 300);
+    await deletePromptly(dev.id, stuck, 'with 8 reads held in JavaScript');
+    await nothingLeft();
   });
 
   it('refuses a module that is not a target, in one line', () => {
     const dir = scratch('not-a-target');
     fs.writeFileSync(path.join(dir, 'x.mjs'), 'export default 42;\n');
-    const r = cli('add', '--target', path.join(dir, 'x.mjs'));
-    expect(r.status).not.toBe(0);
-    expect(r.stderr.trim().split('\n')).toHaveLength(1);
-    expect(r.stderr).toMatch(/not a target/);
+    expect(failedInOneLine(cli('add', '--target', path.join(dir, 'x.mjs')))).toMatch(/not a target/);
   });
 });
 
@@ -160,10 +148,7 @@ describe('a target module is imported only if no one else could have changed it'
     const conf = path.join(dir, 'devices.json');
     fs.writeFileSync(conf, JSON.stringify({ devices: { m: { target: file, queues: 1 } } }));
     const refused = (why: RegExp, ...args: string[]) => {
-      const r = cli(...args);
-      expect(r.status).not.toBe(0);
-      expect(r.stderr.trim().split('\n')).toHaveLength(1);
-      expect(r.stderr).toMatch(why);
+      expect(failedInOneLine(cli(...args))).toMatch(why);
       expect(ublkDevices()).toEqual([]);
     };
     const add = ['add', '--target', file, '--queues', '1'];
@@ -241,7 +226,7 @@ describe('overlay (a TypeScript target): copy-on-write over a read-only base', (
     fs.rmSync(`${ov}.map`);
     dev = add();
     sh(`fio --name=v --filename=${dev.blockDevice} --ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-256k ` +
-      `--iodepth=64 --size=64M --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse`);
+      `--iodepth=64 --size=64M ${FIO_VERIFY} --output-format=terse`);
     expect(cli('del', '-n', String(dev.id)).status).toBe(0);
     expect(sh(`sha256sum < ${base}`)).toBe(baseSum);
   });

@@ -3,27 +3,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cli, cliJson, delAll, scratch, serverPids, sh, ublkDevices } from './helpers.js';
+import type { Outcome } from '../../src/updown.js';
+import { cli, cliJson, delAll, scratch, serverPids, sh, ublkDevices, type Listed } from './helpers.js';
 
 afterEach(() => {
   delAll();
   fs.rmSync('/dev/ublk-ts', { recursive: true, force: true });
 });
-
-interface Outcome {
-  name: string;
-  state: string;
-  id?: number;
-  path?: string;
-  blockDevice?: string;
-}
-
-interface Listed {
-  id: number;
-  name?: string;
-  pid: number;
-  target: string;
-}
 
 /** A config file in a scratch folder, with backing files for the file devices. */
 function config(test: string, devices: Record<string, Record<string, unknown>>): string {

@@ -5,22 +5,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cli, cliJson, delAll, nothingLeft, scratch, serverPids, sh, sleep, ublkDevices, type AddedDevice } from './helpers.js';
+import { cli, cliJson, delAll, failedInOneLine, MNT, nothingLeft, scratch, serverPids, sh, ublkDevices, waitFor, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
 
-const MNT = '/tmp/ublk-mnt';
-type Recorded = AddedDevice & { recovery: boolean };
 /** The status of a command that timeout killed: it was still waiting. */
 const KILLED = 137;
-
-async function until(what: string, cond: () => boolean, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 /** Exit status and stderr of a shell command that may fail (bounded: queued IO would hang it). */
 function tryShell(cmd: string): { status: number; stderr: string } {
@@ -35,12 +25,12 @@ function tryShell(cmd: string): { status: number; stderr: string } {
 
 describe('a volatile target', () => {
   it('memory: kill -9 under a mounted ext4 fails its IO, and recover refuses in one line', async () => {
-    const dev = cliJson<Recorded>('add', '--target', 'memory', '--size', '64M', '--queues', '1');
+    const dev = cliJson<AddedDevice>('add', '--target', 'memory', '--size', '64M', '--queues', '1');
     expect(dev.recovery).toBe(false);
     sh(`mkfs.ext4 -q ${dev.blockDevice} && mkdir -p ${MNT} && mount ${dev.blockDevice} ${MNT}`);
     sh(`head -c 1M /dev/urandom > ${MNT}/f && sync`);
     process.kill(dev.pid, 'SIGKILL');
-    await until('the disk to go', () => !fs.existsSync(`/sys/block/ublkb${dev.id}`));
+    await waitFor('the disk to go', () => !fs.existsSync(`/sys/block/ublkb${dev.id}`), 30_000);
     // Neither the file (its pages dropped) nor a new one can be had: EIO, not zeroes and not a wait.
     sh('echo 3 > /proc/sys/vm/drop_caches');
     const read = tryShell(`cat ${MNT}/f > /dev/null`);
@@ -51,10 +41,7 @@ describe('a volatile target', () => {
     expect(write.status, 'writing to the dead disk').not.toBe(0);
     expect(write.status, 'writing to the dead disk must fail, not wait').not.toBe(KILLED);
 
-    const r = cli('recover', '-n', String(dev.id));
-    expect(r.status).not.toBe(0);
-    expect(r.stderr.trim().split('\n')).toHaveLength(1);
-    expect(r.stderr).toMatch(/without recovery/);
+    expect(failedInOneLine(cli('recover', '-n', String(dev.id)))).toMatch(/without recovery/);
     expect(fs.existsSync(`/sys/block/ublkb${dev.id}`)).toBe(false);
     sh(`umount ${MNT} || umount -l ${MNT}`);
     expect(cli('del', '-n', String(dev.id)).status).toBe(0);
@@ -62,10 +49,7 @@ describe('a volatile target', () => {
   }, 120_000);
 
   it('memory: add --restart is refused in one line and leaves no device', () => {
-    const r = cli('add', '--target', 'memory', '--size', '16M', '--restart', '2');
-    expect(r.status).not.toBe(0);
-    expect(r.stderr.trim().split('\n')).toHaveLength(1);
-    expect(r.stderr).toMatch(/keeps its data in its server process/);
+    expect(failedInOneLine(cli('add', '--target', 'memory', '--size', '16M', '--restart', '2'))).toMatch(/keeps its data in its server process/);
     expect(ublkDevices()).toEqual([]);
     expect(serverPids()).toEqual([]);
   });
@@ -76,8 +60,8 @@ describe('a volatile target', () => {
       `export default { name: 'zeros', ${persistent ? 'persistent: true, ' : ''}open: () => ({ size: 1 << 20, read: (req) => void req.data.fill(0) }) };\n`;
     fs.writeFileSync(path.join(dir, 'volatile.mjs'), mod(false));
     fs.writeFileSync(path.join(dir, 'persistent.mjs'), mod(true));
-    const a = cliJson<Recorded>('add', '--target', path.join(dir, 'volatile.mjs'), '--queues', '1');
-    const b = cliJson<Recorded>('add', '--target', path.join(dir, 'persistent.mjs'), '--queues', '1');
+    const a = cliJson<AddedDevice>('add', '--target', path.join(dir, 'volatile.mjs'), '--queues', '1');
+    const b = cliJson<AddedDevice>('add', '--target', path.join(dir, 'persistent.mjs'), '--queues', '1');
     expect([a.recovery, b.recovery]).toEqual([false, true]);
   });
 });
