@@ -2,7 +2,7 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { addon, projectRoot } from './native.js';
+import { addon, awaitsServer, DEV_STATE_NAMES, projectRoot } from './native.js';
 import { explain, isErrorKind, isKernelError, UserError } from './errors.js';
 import type { Server, ServeOptions } from './server.js';
 import type { DaemonOptions } from './daemon.js';
@@ -125,11 +125,8 @@ export async function heldUnder(rec: DeviceRecord): Promise<'none' | 'recoverabl
     params?.devSectors === Math.floor(rec.size / 512) &&
     !(info.ublksrvPid > 0 && info.ublksrvPid !== rec.pid && servesDevice(info.ublksrvPid, rec.id));
   if (!same) return 'foreign';
-  return rec.recovery && (info.state === QUIESCED || info.state === FAIL_IO) ? 'recoverable' : 'ours';
+  return rec.recovery && awaitsServer(info.state) ? 'recoverable' : 'ours';
 }
-
-const QUIESCED = 2;
-const FAIL_IO = 3;
 
 /** Runs the server in this process (add --foreground). */
 export async function startForeground(o: ServeOptions): Promise<Server> {
@@ -193,7 +190,6 @@ export async function deleteDevice(id: number, timeoutMs = 10_000): Promise<void
   });
 }
 
-export const STATE_NAMES = ['dead', 'live', 'quiesced', 'fail-io'];
 
 export interface ListedDevice {
   id: number;
@@ -220,7 +216,7 @@ export async function listDevices(): Promise<ListedDevice[]> {
       const params = await addon.getParams(id).catch(() => undefined);
       out.push({
         id,
-        state: STATE_NAMES[info.state] ?? String(info.state),
+        state: DEV_STATE_NAMES[info.state] ?? String(info.state),
         queues: info.nrHwQueues,
         depth: info.queueDepth,
         size: params ? params.devSectors * 512 : 0,

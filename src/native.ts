@@ -17,6 +17,12 @@ export interface DevInfo {
   ownerGid: number;
 }
 
+/** The kernel's device states (UBLK_S_DEV_*), as DevInfo.state gives them and as `list` names them. */
+export const DEV_STATE = { DEAD: 0, LIVE: 1, QUIESCED: 2, FAIL_IO: 3 } as const;
+export const DEV_STATE_NAMES = ['dead', 'live', 'quiesced', 'fail-io'];
+/** A device waiting for a new server: its IO is held (QUIESCED) or failed (FAIL_IO) until one re-attaches. */
+export const awaitsServer = (state: number) => state === DEV_STATE.QUIESCED || state === DEV_STATE.FAIL_IO;
+
 export interface DiscardParams {
   alignment?: number;
   granularity: number;

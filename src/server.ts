@@ -2,7 +2,7 @@
 // Every failure after ADD_DEV rolls the device back, so bad input never leaves a half-made device.
 import fs from 'node:fs';
 import os from 'node:os';
-import { addon, type DataMode, type DevInfo, type NativeDevice, type Params } from './native.js';
+import { addon, awaitsServer, DEV_STATE, DEV_STATE_NAMES, type DataMode, type DevInfo, type NativeDevice, type Params } from './native.js';
 import { LIMITS } from './device-options.js';
 import { chooseMode, getFeatures, modeFlags } from './features.js';
 import { explain, isKernelError, UserError } from './errors.js';
@@ -231,8 +231,6 @@ function recoveryFlags(on: boolean, features: bigint): bigint {
   return F.USER_RECOVERY | (features & F.USER_RECOVERY_REISSUE);
 }
 
-const QUIESCED = 2;
-const FAIL_IO = 3;
 const RECOVERY_WAIT_MS = 10_000;
 
 /**
@@ -244,13 +242,13 @@ async function reattach(id: number, o: ServeOptions, spec: TargetSpec): Promise<
   const end = Date.now() + RECOVERY_WAIT_MS;
   let info = await addon.getDevInfo(id);
   if ((info.flags & addon.abi.flags.USER_RECOVERY) === 0n) throw new UserError(`device ${id} was added without recovery: it cannot be re-attached`);
-  while (info.state !== QUIESCED && info.state !== FAIL_IO && Date.now() < end) {
+  while (!awaitsServer(info.state) && Date.now() < end) {
     await new Promise((r) => setTimeout(r, 100));
     info = await addon.getDevInfo(id);
   }
-  if (info.state !== QUIESCED && info.state !== FAIL_IO) {
-    const state = ['dead', 'live', 'quiesced', 'fail-io'][info.state] ?? String(info.state);
-    throw new UserError(`device ${id} is ${state}${info.state === 1 ? ` (served by pid ${info.ublksrvPid})` : ''}: nothing to recover`);
+  if (!awaitsServer(info.state)) {
+    const state = DEV_STATE_NAMES[info.state] ?? String(info.state);
+    throw new UserError(`device ${id} is ${state}${info.state === DEV_STATE.LIVE ? ` (served by pid ${info.ublksrvPid})` : ''}: nothing to recover`);
   }
   const mode = o.mode === undefined || o.mode === 'auto' ? undefined : o.mode;
   if (!mode || (info.flags & modeFlags(mode)) !== modeFlags(mode)) throw new UserError(`device ${id} was not added in data mode ${String(o.mode)}: not re-attaching`);
