@@ -21,7 +21,8 @@ class Device : public Napi::ObjectWrap<Device> {
 				    InstanceMethod("drain", &Device::Drain), InstanceMethod("join", &Device::Join),
 				    InstanceMethod("forceStop", &Device::ForceStop), InstanceMethod("close", &Device::Close),
 				    InstanceMethod("status", &Device::Status), InstanceMethod("stats", &Device::Stats),
-				    InstanceMethod("complete", &Device::Complete), InstanceMethod("charFd", &Device::CharFd)});
+				    InstanceMethod("complete", &Device::Complete), InstanceMethod("charFd", &Device::CharFd),
+				    InstanceMethod("command", &Device::Command)});
 	}
 
 	Device(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Device>(info)
@@ -108,14 +109,15 @@ class Device : public Napi::ObjectWrap<Device> {
 	~Device() { close_all(); }
 
       private:
-	enum job { JOB_OPEN, JOB_START, JOB_WAIT, JOB_JOIN };
+	enum job { JOB_OPEN, JOB_START, JOB_WAIT, JOB_JOIN, JOB_COMMAND };
 	/* start, wait and join block: they run on libuv's pool. Each holds a reference to the JavaScript
 	 * object, so the finalizer cannot free the device under it, and counts itself in busy_, so close()
 	 * refuses while one runs. */
 	class DeviceWorker : public Napi::AsyncWorker {
 	      public:
-		DeviceWorker(Napi::Env env, Device *owner, enum job job)
-		    : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), owner_(owner), job_(job)
+		DeviceWorker(Napi::Env env, Device *owner, enum job job, std::string arg = "")
+		    : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), owner_(owner), job_(job),
+		      arg_(std::move(arg))
 		{
 			owner_->Ref();
 			owner_->busy_++;
@@ -137,6 +139,9 @@ class Device : public Napi::ObjectWrap<Device> {
 				device_join(d);
 				err_ = device_errors(d);
 				break;
+			case JOB_COMMAND:
+				out_ = d->ctx.tgt.ops->command(&d->ctx.tgt, arg_);
+				break;
 			}
 		}
 		void OnOK() override
@@ -144,7 +149,7 @@ class Device : public Napi::ObjectWrap<Device> {
 			owner_->busy_--;
 			owner_->Unref();
 			if (err_.empty()) {
-				deferred_.Resolve(Env().Undefined());
+				deferred_.Resolve(job_ == JOB_COMMAND ? Napi::String::New(Env(), out_) : Env().Undefined());
 				return;
 			}
 			Napi::Error e = Napi::Error::New(Env(), err_);
@@ -164,6 +169,7 @@ class Device : public Napi::ObjectWrap<Device> {
 		Napi::Promise::Deferred deferred_;
 		Device *owner_;
 		enum job job_;
+		std::string arg_, out_;
 		std::string err_;
 	};
 
@@ -208,6 +214,16 @@ class Device : public Napi::ObjectWrap<Device> {
 		const struct target &t = dev_.ctx.tgt;
 		bool serving = dev_.target_ready && t.ops->status;
 		return Napi::String::New(info.Env(), serving ? t.ops->status(&t) : "");
+	}
+	/* An operator's command to the target (its reply, JSON text); only while it serves. */
+	Napi::Value Command(const Napi::CallbackInfo &info)
+	{
+		const struct target &t = dev_.ctx.tgt;
+		if (!dev_.target_ready || !t.ops->command || !info[0].IsString()) {
+			Napi::Error::New(info.Env(), std::string("target ") + t.ops->name + " takes no commands now").ThrowAsJavaScriptException();
+			return info.Env().Undefined();
+		}
+		return (new DeviceWorker(info.Env(), this, JOB_COMMAND, info[0].As<Napi::String>().Utf8Value()))->Run();
 	}
 	/* The queues' counters, summed; never blocks and takes no lock the queues take. */
 	Napi::Value Stats(const Napi::CallbackInfo &info)

@@ -286,6 +286,8 @@ static void finish(struct queue *q, struct io *io)
 		bump(q->stats.errors);
 	else if (data && (req->nr_members > 0 || io->buf_used))
 		bump(copied(q, io) ? q->stats.copied : q->stats.leased);
+	if (q->dev->tgt.ops->on_done)
+		q->dev->tgt.ops->on_done(&q->tq, req, result);
 	if (io->leased) {
 		/* Submitted before the commit in the same batch: the slot is free when the tag's next
 		 * request asks for a lease. */

@@ -104,6 +104,13 @@ struct io_uring_sqe *tq_sqe(struct tq *tq, struct request *req, uint64_t cookie)
 	return sqe;
 }
 
+int tq_set_file(struct tq *tq, unsigned file, int fd)
+{
+	/* Only the queue thread may touch its ring (SINGLE_ISSUER); operations in flight keep the old file. */
+	int ret = io_uring_register_files_update(&tq->q->ring, file, &fd, 1);
+	return ret < 0 ? ret : 0;
+}
+
 /* The engine ends a request the target holds: it fails, and the target is told, so that it never adds to
  * it, sends for it or receives into its buffer again (the tag's next request may own that buffer). */
 static void end_held(struct queue *q, struct io *io)

@@ -146,6 +146,9 @@ struct target_ops {
 	 * failed queue). From here on the request is not the target's: members added to it and request_run
 	 * are refused, and its tag may soon carry another request. */
 	void (*on_release)(struct tq *tq, struct request *req) = nullptr;
+	/* Optional: the request is about to be committed with this result (after every member, and after
+	 * on_release for one the target held): what the target counted for it in flight ends here. */
+	void (*on_done)(struct tq *tq, struct request *req, int32_t result) = nullptr;
 	/* Optional: one of the target's own ring operations completed; req is null for queue-wide ones,
 	 * and a request-bound one whose request has ended meanwhile is dropped, never delivered. */
 	void (*on_cqe)(struct tq *tq, struct request *req, uint64_t cookie, const struct io_uring_cqe *cqe) = nullptr;
@@ -158,6 +161,9 @@ struct target_ops {
 	 * and logged when it changes. Called on the JavaScript thread while queues run: read only what is
 	 * safe to read from there (atomics). */
 	std::string (*status)(const struct target *t) = nullptr;
+	/* Optional: an operator's command to the running target (`ublk-ts <target> <verb>`), as text; the
+	 * reply is the text of a JSON object. On libuv's pool while queues run: it may block, not for long. */
+	std::string (*command)(struct target *t, const std::string &cmd) = nullptr;
 };
 
 /* Member builder for queue_io. Past MAX_MEMBERS it marks the request failed and returns a scratch slot,
@@ -193,6 +199,9 @@ void *request_buf(struct tq *tq, struct request *req);
 /* An SQE for the target's own operation; its CQE comes back through on_cqe with this cookie (at most
  * 8 bits with a request, 48 without). Bound to req when given: at most MAX_REQUEST_OPS in flight. */
 struct io_uring_sqe *tq_sqe(struct tq *tq, struct request *req, uint64_t cookie);
+/* Puts fd in the queue's fixed file `file` (an fd of -1 among the target's files at init reserves a slot),
+ * for a target whose files change while it runs (a mirror's new leg). Queue thread only; 0 or -errno. */
+int tq_set_file(struct tq *tq, unsigned file, int fd);
 /* The queue is stopping or has failed: a request held now would be ended at once (on_release). */
 bool tq_draining(const struct tq *tq);
 /* The queue cannot go on: every request it holds fails with EIO, new ones too, and the device stops. */

@@ -2,7 +2,7 @@
 # Runs the data path under AddressSanitizer on the real driver: builds an ASan copy of the addon in a
 # scratch tree, then in the VM serves fio verify in every data mode and the del-under-load path, the fault
 # target's held and copied requests, null's zero-filled reads, a block device's discards (file, mirror,
-# stripe), the bridge's
+# stripe), a mirror's resync, re-add and scrub, the bridge's
 # copies (memory, overlay), nbd's receives and its teardown under a slow server, and fails on any ASan
 # report in the servers' logs.
 set -euo pipefail
@@ -19,12 +19,12 @@ fi
 export LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 UBLK_TS_STATE_DIR=/tmp/asan-state
 ublk() { node dist/ublk-ts.mjs "$@"; }
 add_id() { ublk add "$@" --json | node -e 'console.log(JSON.parse(require("fs").readFileSync(0)).id)'; }
-# fio load in the background, then a delete under it.
+# fio load in the background, then a delete under it (--force: the device is open).
 del_under_load() {
   fio --name=load --filename=/dev/ublkb$1 --ioengine=io_uring --direct=1 --rw=${2:-randrw} --bs=4k --iodepth=64 --time_based --runtime=60 >/dev/null 2>&1 &
   local fio_pid=$!
   sleep 3
-  ublk del -n $1
+  ublk del --force -n $1
   wait $fio_pid || true
 }
 verify() {
@@ -84,6 +84,23 @@ done
 losetup -d "${legs[@]}"
 rm -f /tmp/asan-leg0.img /tmp/asan-leg1.img
 echo "asan-check: mirror and stripe discarded block-device legs, and a delete under discard load"
+# mirror's sync thread beside the queues: an initial resync under verify, a leg failed and re-added
+# (bitmap resync), a scrub with repair, then a delete under load.
+truncate -s 64M /tmp/asan-m0.img /tmp/asan-m1.img
+id=$(add_id --target mirror --leg /tmp/asan-m0.img --leg /tmp/asan-m1.img --queues 2 --resync-rate 16)
+verify $id 32M
+ublk mirror fail -n $id --leg 2 >/dev/null
+verify $id 16M
+ublk mirror re-add -n $id --leg 2 >/dev/null
+ublk mirror check -n $id --repair >/dev/null
+truncate -s 64M /tmp/asan-m2.img /tmp/asan-m3.img
+ublk mirror replace -n $id --leg 1 --with /tmp/asan-m2.img >/dev/null
+verify $id 16M
+ublk mirror add-leg -n $id --with /tmp/asan-m3.img >/dev/null
+verify $id 16M
+del_under_load $id
+rm -f /tmp/asan-m[0-3].img
+echo "asan-check: mirror resynced, re-added, scrubbed, replaced, grown and deleted under load"
 # The bridge: the queue threads copy into and out of JavaScript's tag buffers (memory), and a routing
 # target's writes are copied in by JavaScript (overlay).
 id=$(add_id --target memory --size 128M --queues 2)

@@ -4,6 +4,7 @@
 set -euo pipefail
 pkgs=(g++ make python3 pkg-config liburing-dev qemu-system-x86 qemu-system-data busybox-static kmod xz-utils cpio
   fio e2fsprogs xfsprogs nbdkit nbd-client nbd-server qemu-utils util-linux procps
+  mdadm # md RAID1, the kernel's mirror the bench puts beside the mirror target
   systemd) # systemd-analyze: the host test verifies the shipped unit (systemd/ublk-ts.service)
 as_root=()
 [ "$(id -u)" = 0 ] || as_root=(sudo)

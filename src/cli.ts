@@ -8,7 +8,7 @@ import { allowedModes, chooseMode, flagNames, getFeatures, requireAccess, requir
 import { DEFAULT_DEPTH, engineOptions, LIMITS } from './device-options.js';
 import { deleteDevice, listDevices, kernelDeviceIds } from './lifecycle.js';
 import { isTargetPath, loadAllTargets, loadTarget } from './targets.js';
-import { formatSize } from './size.js';
+import { formatSize, parseSize } from './size.js';
 import { errorKind, EXIT_STATUS, oneLine, UserError } from './errors.js';
 import { checkTarget, missingCommand, noRepeats, rawValue, usageMessage, valueRequired, verbOf, wantsJson, wholeNumber, type UsageContext } from './usage.js';
 import type { DataMode } from './native.js';
@@ -16,10 +16,11 @@ import { checkName, configPath, DEFAULT_CONFIG } from './config.js';
 import { recordByName, servesDevice } from './state.js';
 import type { Outcome } from './updown.js';
 import type { TargetSpec } from './target.js';
+import { targetVerbCommand } from './target-verbs.js';
 
 const argv = hideBin(process.argv);
 const json = wantsJson(argv);
-const COMMANDS = ['features', 'list', 'add', 'del', 'recover', 'up', 'down', 'stats'] as const;
+const COMMANDS = ['features', 'list', 'add', 'del', 'recover', 'resize', 'up', 'down', 'stats'] as const;
 const NO_COMMAND = 'no command';
 const WATCH_RANGE = [0.1, 3600] as const;
 
@@ -101,6 +102,8 @@ async function main(): Promise<void> {
   // Target modules are loaded only for `add`: every other verb starts faster without them (it matters
   // under emulation, where `del` must answer while the device is busy).
   const targets = command === 'add' ? await loadAllTargets() : [];
+  // `ublk-ts mirror fail -n 0 --leg 2`: a target's own verbs (TargetSpec.verbs).
+  const verbTarget = command === undefined && verb !== undefined ? (await loadAllTargets()).find((t) => t.name === verb && t.verbs) : undefined;
   // The target decides which options `add` takes; given twice, it is refused once parsed (noRepeats).
   const once = argv.filter((t) => t === '--target' || t.startsWith('--target=')).length === 1;
   const targetArg = once ? rawValue(argv, ['target']) : undefined;
@@ -112,6 +115,15 @@ async function main(): Promise<void> {
   const DEL: Record<string, Options> = valueRequired({
     number: { alias: 'n', type: 'number', describe: 'device id' },
     all: { alias: 'a', type: 'boolean', default: false, describe: 'every ublk device' },
+    force: { type: 'boolean', default: false, describe: 'stop it even if it is mounted or open (by default such a device is left up)' },
+  });
+  const FEATURES: Record<string, Options> = valueRequired({
+    number: { alias: 'n', type: 'number', describe: 'a device: the flags ADD_DEV asked for and those the kernel granted' },
+  });
+  const RESIZE: Record<string, Options> = valueRequired({
+    number: { alias: 'n', type: 'number', demandOption: true, describe: 'device id' },
+    size: { type: 'string', demandOption: true, describe: 'the new size, e.g. 20G (the backing file grows first; it never shrinks)' },
+    force: { type: 'boolean', default: false, describe: 'allow shrinking: what is stored past the new size is cut off' },
   });
   const RECOVER: Record<string, Options> = valueRequired({
     number: { alias: 'n', type: 'number', demandOption: true, describe: 'device id' },
@@ -126,11 +138,12 @@ async function main(): Promise<void> {
     count: { alias: 'c', type: 'number', describe: 'with --watch: stop after N reports' },
   });
   const byCommand: Record<(typeof COMMANDS)[number], Record<string, Options>> = {
-    features: {},
+    features: FEATURES,
     list: {},
     add: ADD,
     del: DEL,
     recover: RECOVER,
+    resize: RESIZE,
     up: UPDOWN,
     down: UPDOWN,
     stats: STATS,
@@ -157,10 +170,26 @@ async function main(): Promise<void> {
     .options(GLOBAL)
     .command(
       'features',
-      "print the kernel's ublk feature flags and the data modes it allows",
-      (y: Argv) => y,
-      async () => {
+      "print the kernel's ublk feature flags and the data modes it allows; with -n, a device's flags asked and granted",
+      (y: Argv) => y.options(FEATURES),
+      async (a) => {
+        noRepeats(ctx, a);
+        const id = wholeNumber(ctx, 'number', a.number, ...LIMITS.number);
         requireDriver('features');
+        if (id !== undefined) {
+          const { deviceFeatures } = await import('./lifecycle.js');
+          const d = await deviceFeatures(id);
+          const names = [...new Set([...(d.askedFlags ?? []), ...d.gotFlags])];
+          const yes = (on: boolean | undefined) => (on === undefined ? '?' : on ? 'yes' : 'no');
+          print(d, () =>
+            [
+              `/dev/ublkb${id}: asked ${d.asked === undefined ? 'unknown (not added by ublk-ts)' : `0x${d.asked.toString(16)}`}, got 0x${d.got.toString(16)}`,
+              `  ${'FLAG'.padEnd(24)} ASKED  GOT`,
+              ...names.map((n) => `  ${n.padEnd(24)} ${yes(d.askedFlags?.includes(n)).padEnd(6)} ${yes(d.gotFlags.includes(n))}`),
+            ].join('\n'),
+          );
+          return;
+        }
         const f = await getFeatures();
         const modes = allowedModes(f);
         print({ features: f, flags: flagNames(f), dataModes: modes, defaultMode: chooseMode('auto', f) }, () =>
@@ -224,6 +253,7 @@ async function main(): Promise<void> {
           mode: a['data-mode'] as DataMode | 'auto',
           recovery: a.recovery !== false,
           restart: wholeNumber(ctx, 'restart', a.restart, ...LIMITS.restart),
+          partScan: a['part-scan'] === true,
         };
         if (o.restart && !o.recovery) throw new UserError('--restart needs recovery: drop --no-recovery');
         if (o.restart && a.foreground) throw new UserError('--restart runs a supervisor in the background: drop --foreground');
@@ -263,9 +293,27 @@ async function main(): Promise<void> {
         noRepeats(ctx, a);
         const id = wholeNumber(ctx, 'number', a.number, ...LIMITS.number);
         requireDriver('del');
-        const ids = a.all || id === undefined ? kernelDeviceIds() : [id];
-        for (const i of ids) await deleteDevice(i);
-        print({ deleted: ids }, () => (ids.length ? ids.map((i) => `deleted /dev/ublkb${i}`).join('\n') : 'no devices'));
+        const safe = a.force !== true;
+        if (id !== undefined) {
+          await deleteDevice(id, { safe });
+          print({ deleted: [id], left: [] }, () => `deleted /dev/ublkb${id}`);
+          return;
+        }
+        // --all: a device in use is left up and said on stderr, the others go; the status says some were left.
+        const deleted: number[] = [];
+        const left: number[] = [];
+        for (const i of kernelDeviceIds()) {
+          try {
+            await deleteDevice(i, { safe });
+            deleted.push(i);
+          } catch (e) {
+            if (errorKind(e) !== 'busy') throw e;
+            left.push(i);
+            console.error(json ? JSON.stringify({ error: oneLine(e), code: 'busy' }) : `ublk-ts: ${oneLine(e)}`);
+          }
+        }
+        print({ deleted, left }, () => (deleted.length ? deleted.map((i) => `deleted /dev/ublkb${i}`).join('\n') : left.length ? 'no devices deleted' : 'no devices'));
+        if (left.length) process.exitCode = EXIT_STATUS.busy;
       },
     )
     .command(
@@ -279,6 +327,20 @@ async function main(): Promise<void> {
         const { recoverDevice } = await import('./lifecycle.js');
         const rec = await recoverDevice(id);
         print(rec, () => `recovered ${rec.blockDevice} (server pid ${rec.pid})`);
+      },
+    )
+    .command(
+      'resize',
+      'change a running device\'s size (UPDATE_SIZE): the backing grows first; shrinking needs --force',
+      (y: Argv) => y.options(RESIZE),
+      async (a) => {
+        noRepeats(ctx, a);
+        const id = wholeNumber(ctx, 'number', a.number, ...LIMITS.number)!;
+        const size = parseSize(String(a.size));
+        requireDriver('resize');
+        const { resizeDevice } = await import('./resize.js');
+        const r = await resizeDevice(id, size, a.force === true);
+        print(r, () => `resized ${r.blockDevice}: ${formatSize(r.from)} -> ${formatSize(r.to)}`);
       },
     )
     .command(
@@ -358,6 +420,7 @@ async function main(): Promise<void> {
       if (msg === NO_COMMAND) throw new UserError(missingCommand(ctx));
       throw new UserError(usageMessage(msg || err?.message || 'bad arguments', ctx));
     });
+  if (verbTarget) cli.command(targetVerbCommand(verbTarget, json, print));
   await cli.parseAsync();
 }
 

@@ -117,6 +117,7 @@ export async function configuredDevice(file: string, entry: ConfigEntry): Promis
       mode: values['data-mode'] as DataMode | 'auto',
       recovery: values.recovery !== false,
       restart: limited('restart'),
+      partScan: values['part-scan'] === true,
     },
   };
 }

@@ -23,5 +23,6 @@ export function engineOptions(targetNames: readonly string[]): Record<string, Op
     'data-mode': { type: 'string', choices: ['auto', ...DATA_MODES], default: 'auto', describe: 'how request data moves' },
     recovery: { type: 'boolean', default: true, describe: 'the device outlives a crashed server and queues IO until `ublk-ts recover` (--no-recovery: it goes away)' },
     restart: { type: 'number', default: 0, describe: `a supervisor re-attaches a new server when the server dies, up to N times (${LIMITS.restart.join('..')})` },
+    'part-scan': { type: 'boolean', default: false, describe: "let the kernel read the device's partition table when it starts (by default it does not)" },
   };
 }

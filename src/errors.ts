@@ -4,9 +4,9 @@ import path from 'node:path';
 import { projectRoot } from './native.js';
 
 /** What went wrong, as scripts see it: the `code` of a `--json` error and, through EXIT_STATUS, the exit status. */
-export type ErrorKind = 'usage' | 'not-found' | 'kernel' | 'backend' | 'other';
+export type ErrorKind = 'usage' | 'not-found' | 'kernel' | 'backend' | 'busy' | 'other';
 
-export const EXIT_STATUS: Readonly<Record<ErrorKind, number>> = { other: 1, usage: 2, 'not-found': 3, kernel: 4, backend: 5 };
+export const EXIT_STATUS: Readonly<Record<ErrorKind, number>> = { other: 1, usage: 2, 'not-found': 3, kernel: 4, backend: 5, busy: 6 };
 
 const KINDS = Object.keys(EXIT_STATUS) as ErrorKind[];
 

@@ -25,6 +25,16 @@ export function modeFlags(mode: DataMode): bigint {
   }
 }
 
+/**
+ * What every device asks for beside its data mode, where the kernel has it: UPDATE_SIZE (`resize`), and
+ * NO_AUTO_PART_SCAN unless a partition scan is wanted, so that a disk image's own partition table is not
+ * probed when the device starts.
+ */
+export function deviceFlags(partScan: boolean, features: bigint): bigint {
+  const F = addon.abi.flags;
+  return (features & F.UPDATE_SIZE) | (partScan ? 0n : features & F.NO_AUTO_PART_SCAN);
+}
+
 export const DATA_MODES: readonly DataMode[] = ['auto-lease', 'lease', 'user-copy', 'copy'];
 
 export function allowedModes(features: bigint): DataMode[] {

@@ -148,11 +148,80 @@ export function kernelDeviceIds(): number[] {
   }
 }
 
+/** A device someone still uses is left up; the line says how to take it down anyway. */
+function inUse(id: number, why: string): UserError {
+  return new UserError(`/dev/ublkb${id} is in use (${why}): left up (\`ublk-ts del --force -n ${id}\` stops it anyway)`, 'busy');
+}
+
+/**
+ * What holds /dev/ublkbN or one of its partitions, for a kernel without TRY_STOP_DEV: a mount or another
+ * device (they claim it: an exclusive open fails), or a process with it open. Undefined when nothing does.
+ * Racy (something may open it just after), which is why the kernel's check is used wherever it exists.
+ */
+export function openBy(id: number): string | undefined {
+  const disk = `/dev/ublkb${id}`;
+  try {
+    fs.closeSync(fs.openSync(disk, fs.constants.O_RDONLY | fs.constants.O_EXCL));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EBUSY') return 'mounted, or claimed by another device';
+    if (code === 'ENOENT' || code === 'ENXIO') return undefined; // no disk: nothing can hold it
+    throw e;
+  }
+  const ours = new RegExp(`^${disk}(p\\d+)?$`);
+  for (const pid of fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    let fds: string[];
+    try {
+      fds = fs.readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue; // gone, or not ours to look into
+    }
+    for (const fd of fds) {
+      try {
+        if (ours.test(fs.readlinkSync(`/proc/${pid}/fd/${fd}`))) return `open by pid ${pid}`;
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
+  return undefined;
+}
+
+/** Transient openers (a partition scan, udev's probe right after `add`) get this long to let go. */
+const BUSY_RETRIES = 5;
+
+/**
+ * The safe stop: the kernel stops the disk only if nobody holds /dev/ublkbN open, checked and stopped in
+ * one step (TRY_STOP_DEV); the server then sees its device stopped and ends as after STOP_DEV. A kernel
+ * without it gets the open check above. Throws a 'busy' UserError, having changed nothing, if it is in use.
+ */
+async function stopIfUnused(id: number): Promise<void> {
+  const { getFeatures } = await import('./features.js');
+  if ((await getFeatures() & addon.abi.flags.SAFE_STOP_DEV) === 0n) {
+    const why = openBy(id);
+    if (why !== undefined) throw inUse(id, why);
+    return;
+  }
+  for (let tries = 1; ; tries++) {
+    try {
+      await addon.tryStopDev(id);
+      return;
+    } catch (e) {
+      // No disk (never started, already stopped, or no such device): nothing can hold it open.
+      if (isKernelError(e) && e.code === 'ENODEV') return;
+      if (!(isKernelError(e) && e.code === 'EBUSY')) throw explain(e);
+      if (tries >= BUSY_RETRIES) throw inUse(id, 'mounted, or open by a process or another device');
+      await sleep(100);
+    }
+  }
+}
+
 /**
  * Stops and deletes a device: asks its server to stop (SIGTERM) and waits for it; a device whose server is
- * gone is stopped and deleted here. Bounded: never waits forever on a stuck server.
+ * gone is stopped and deleted here. Bounded: never waits forever on a stuck server. `safe`: a device that
+ * is mounted or open is left as it is (a 'busy' UserError); otherwise it is stopped whoever uses it.
  */
-export async function deleteDevice(id: number, timeoutMs = 10_000): Promise<void> {
+export async function deleteDevice(id: number, { safe = false, timeoutMs = 10_000 } = {}): Promise<void> {
   const rec = readRecord(id);
   // Only processes proven ours are signalled, through a pidfd taken before the proof: a pid in a record
   // may since belong to someone else. The supervisor first, so that it does not restart the server it
@@ -165,6 +234,9 @@ export async function deleteDevice(id: number, timeoutMs = 10_000): Promise<void
       ].filter((h): h is ProcessHandle => h !== undefined)
     : [];
   try {
+    // After the proof: a server that ends by itself once the kernel has stopped its device (and so no
+    // longer holds /dev/ublkcN) is still waited for.
+    if (safe) await stopIfUnused(id);
     ours.forEach((h) => h.signal('SIGTERM'));
     const end = Date.now() + timeoutMs;
     while (ours.some((h) => !h.exited()) && Date.now() < end) await sleep(50);
@@ -190,6 +262,30 @@ export async function deleteDevice(id: number, timeoutMs = 10_000): Promise<void
   });
 }
 
+/** `features -n N`: the flags ADD_DEV asked for (from the record, so unknown for another tool's device) and those the kernel granted. */
+export interface DeviceFeatures {
+  id: number;
+  asked?: bigint;
+  askedFlags?: string[];
+  got: bigint;
+  gotFlags: string[];
+}
+
+export async function deviceFeatures(id: number): Promise<DeviceFeatures> {
+  let info;
+  try {
+    info = await addon.getDevInfo(id);
+  } catch (e) {
+    if (isKernelError(e) && e.code === 'ENODEV') throw new UserError(`-n ${id}: no such ublk device (\`ublk-ts list\` shows them)`, 'not-found');
+    throw explain(e);
+  }
+  const { flagNames } = await import('./features.js');
+  const rec = readRecord(id);
+  // A record is believed only for the device it was written for (the id may have been taken since).
+  const ours = rec !== undefined && (servesDevice(rec.pid, id) || (await heldUnder(rec)) !== 'foreign');
+  const asked = ours && rec.flagsAsked !== undefined ? BigInt(rec.flagsAsked) : undefined;
+  return { id, asked, askedFlags: asked === undefined ? undefined : flagNames(asked), got: info.flags, gotFlags: flagNames(info.flags) };
+}
 
 export interface ListedDevice {
   id: number;

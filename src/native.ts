@@ -105,6 +105,8 @@ export interface NativeDevice {
   status(): string;
   /** The queues' counters since start, summed. */
   stats(): QueueStats;
+  /** An operator's command to the target (`ublk-ts mirror fail`): its reply, JSON text. */
+  command(text: string): Promise<string>;
   /** Completions of bridged requests, 24-byte records (src/bridge.ts); returns how many were refused now
    * (a queue's hand-over was full), moved to the front of batch to be handed again. */
   complete(batch: Buffer): number;

@@ -4,13 +4,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { addon, awaitsServer, DEV_STATE, DEV_STATE_NAMES, type DataMode, type DevInfo, type NativeDevice, type Params } from './native.js';
 import { LIMITS } from './device-options.js';
-import { chooseMode, getFeatures, modeFlags } from './features.js';
+import { chooseMode, deviceFlags, getFeatures, modeFlags } from './features.js';
 import { explain, isKernelError, UserError } from './errors.js';
 import { isTargetPath, loadTarget } from './targets.js';
 import { removeRecord, writeRecord, writeStats, type DeviceRecord } from './state.js';
 import type { OpenedTarget, TargetSpec } from './target.js';
 import { Bridge } from './bridge.js';
 import { reattachRefusal } from './reattach-check.js';
+import { serveControl, type ControlReply } from './control.js';
 
 export interface ServeOptions {
   target: string;
@@ -33,6 +34,10 @@ export interface ServeOptions {
   recover?: number;
   /** The pid of the --restart supervisor, for the record. */
   supervisor?: number;
+  /** Let the kernel scan the partition table at START_DEV (by default it is not, where the kernel allows). */
+  partScan?: boolean;
+  /** Re-attaching: the flags the device was added with, carried into the new record. */
+  flagsAsked?: string;
 }
 
 const STATUS_INTERVAL_MS = 1000;
@@ -47,15 +52,19 @@ export class Server {
   private stopping: Promise<void> | undefined;
   private readonly watch: NodeJS.Timeout;
   private lastStatus = '';
+  private lastLogged = '';
+  private baseInfo: Record<string, string | number | boolean>;
+  private closeControl: (() => void) | undefined;
 
   private constructor(
     readonly record: DeviceRecord,
     private readonly dev: NativeDevice,
     private readonly opened: OpenedTarget,
     readonly done: Promise<void>,
-    private readonly log: (line: string) => void,
+    readonly log: (line: string) => void,
     private readonly bridge: Bridge | undefined,
   ) {
+    this.baseInfo = opened.info;
     const tick = () => {
       this.checkStatus();
       this.publishStats();
@@ -78,9 +87,30 @@ export class Server {
     const text = this.dev.status();
     if (text === '' || text === this.lastStatus) return;
     this.lastStatus = text;
-    this.log(`target status: ${text}`);
-    this.record.info = { ...this.record.info, ...(JSON.parse(text) as Record<string, string | number | boolean>) };
+    const status = JSON.parse(text) as Record<string, string | number | boolean>;
+    // Numbers are progress (a resync's percent): the record follows them, the log only changes of state.
+    const state = JSON.stringify(Object.entries(status).filter(([, v]) => typeof v !== 'number'));
+    if (state !== this.lastLogged) this.log(`target status: ${text}`);
+    this.lastLogged = state;
+    // A target whose backends changed (a mirror's new leg) is re-served with them after a crash.
+    const now = this.opened.restate?.(status);
+    if (now) {
+      this.record.serve = { ...this.record.serve, targetOptions: now.options };
+      this.baseInfo = { ...this.baseInfo, ...now.info };
+    }
+    // Keys the target no longer reports (a resync's progress once it ended) leave the record too.
+    this.record.info = { ...this.baseInfo, ...status };
     writeRecord(this.record);
+  }
+
+  /** A target with verbs of its own (`ublk-ts mirror fail`) hears them on the device's control socket. */
+  private async listen(): Promise<void> {
+    this.closeControl = await serveControl(this.record.id, async (command) => {
+      const native = this.opened.prepare ? await this.opened.prepare(command) : command;
+      const reply = JSON.parse(await this.dev.command(native)) as ControlReply;
+      this.checkStatus(); // `list` right after the verb shows what it did
+      return reply;
+    });
   }
 
   /**
@@ -94,7 +124,7 @@ export class Server {
       throw new UserError(`target ${spec.name} keeps its data in its server process: ${o.recover !== undefined ? 'nothing to recover' : '--restart would re-attach an empty disk'}`);
     const features = await getFeatures();
     const attach = o.recover === undefined ? await create(o, spec, features) : await reattach(o.recover, o, spec);
-    const { info, mode, opened } = attach;
+    const { info, mode, opened, asked } = attach;
     const devId = info.devId;
     let dev: NativeDevice | undefined;
     let bridge: Bridge | undefined;
@@ -150,12 +180,16 @@ export class Server {
         log: o.log,
         info: opened.info,
         recovery: (info.flags & addon.abi.flags.USER_RECOVERY) !== 0n,
+        flagsAsked: asked,
         serve: { target: o.target, targetOptions: o.targetOptions, mode, maxIoBytes: o.maxIoBytes },
         supervisor: o.supervisor,
       };
       writeRecord(record);
       const started = dev;
-      return new Server(record, started, opened, started.wait(), o.statusLog ?? (() => undefined), bridge);
+      const server = new Server(record, started, opened, started.wait(), o.statusLog ?? (() => undefined), bridge);
+      // The device serves either way; without the socket only the target's verbs are missing.
+      if (spec.verbs) await server.listen().catch((e: Error) => server.log(`no control socket: ${e.message}`));
+      return server;
     } catch (e) {
       await bridge?.close();
       // A failed re-attach leaves the device as it found it, waiting for the next try.
@@ -173,6 +207,7 @@ export class Server {
     this.stopping ??= (async () => {
       const id = this.record.id;
       clearInterval(this.watch);
+      this.closeControl?.();
       this.dev.drain();
       await addon.stopDev(id).catch(() => undefined);
       await joinWithin(this.dev, STOP_TIMEOUT_MS);
@@ -197,6 +232,8 @@ interface Attach {
   info: DevInfo;
   mode: DataMode;
   opened: OpenedTarget;
+  /** The flags ADD_DEV asked for, as hex (`features -n`). */
+  asked?: string;
 }
 
 async function create(o: ServeOptions, spec: TargetSpec, features: bigint): Promise<Attach> {
@@ -211,11 +248,12 @@ async function create(o: ServeOptions, spec: TargetSpec, features: bigint): Prom
   let devId: number | undefined;
   try {
     const flags = modeFlags(mode) | copyFlags(opened, mode, features) | recoveryFlags(o.recovery === true && !spec.volatile, features);
-    const info = await addon.addDev({ devId: o.id ?? -1 >>> 0, queues, depth, maxIoBufBytes: o.maxIoBytes ?? MAX_IO_BYTES, flags });
+    const asked = flags | deviceFlags(o.partScan === true, features);
+    const info = await addon.addDev({ devId: o.id ?? -1 >>> 0, queues, depth, maxIoBufBytes: o.maxIoBytes ?? MAX_IO_BYTES, flags: asked });
     devId = info.devId;
     o.onAdded?.(devId);
     if ((info.flags & flags) !== flags) throw new UserError(`the kernel refused the flags of data mode ${mode}`);
-    return { info, mode, opened };
+    return { info, mode, opened, asked: `0x${asked.toString(16)}` };
   } catch (e) {
     await rollback(devId, undefined);
     opened.close();
@@ -258,7 +296,7 @@ async function reattach(id: number, o: ServeOptions, spec: TargetSpec): Promise<
   for (;;) {
     try {
       await addon.startUserRecovery(id);
-      return { info, mode, opened };
+      return { info, mode, opened, asked: o.flagsAsked };
     } catch (e) {
       if (!(isKernelError(e) && e.code === 'EBUSY') || Date.now() >= end) {
         opened.close();

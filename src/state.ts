@@ -34,6 +34,8 @@ export interface DeviceRecord {
   serve: SavedOptions;
   /** The --restart supervisor's pid. */
   supervisor?: number;
+  /** The flags ADD_DEV asked for, as hex (the kernel's answer is in GET_DEV_INFO): `features -n`. */
+  flagsAsked?: string;
 }
 
 /** The queues' counters as the server last published them, and when (ms since the epoch). */
@@ -44,7 +46,7 @@ export interface ServerCounters extends QueueStats {
 
 /** How a new server re-attaches to the device: as it was added, with what the kernel settled on. */
 export function reattachOptions(rec: DeviceRecord) {
-  return { ...rec.serve, queues: rec.queues, depth: rec.depth, recover: rec.id, name: rec.name };
+  return { ...rec.serve, queues: rec.queues, depth: rec.depth, recover: rec.id, name: rec.name, flagsAsked: rec.flagsAsked };
 }
 
 export function stateDir(): string {

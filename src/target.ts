@@ -24,10 +24,29 @@ export interface OpenedTarget {
    * SET_PARAMS.
    */
   afterStart?(status: Record<string, unknown>): Pick<OpenedTarget, 'size' | 'params'>;
+  /**
+   * An operator's command (a target verb), in the server before the native side gets it: what needs this
+   * process (opening a new leg, whose fd the native side takes) happens here. Returns the native command.
+   */
+  prepare?(command: string): Promise<string>;
+  /**
+   * The options a later server of the device must be given, and what `list` shows of them, as the live
+   * status says they now are (a mirror whose legs changed); undefined when unchanged.
+   */
+  restate?(status: Record<string, unknown>): { options: Record<string, unknown>; info: Record<string, string | number | boolean> } | undefined;
   /** A target written in TypeScript: its handlers, served through the native bridge target. */
   typescript?: BlockDevice;
   /** Releases what open() made. */
   close(): void;
+}
+
+/** A verb of `ublk-ts <target> <verb> -n N`, carried out by the device's running server. */
+export interface TargetVerb {
+  describe: string;
+  /** Its options beyond -n (every verb of a target shares one namespace: same name, same meaning). */
+  options: Record<string, Options>;
+  /** The text the native target's command() is given; throws a UserError for bad options. */
+  command(args: Record<string, unknown>): string;
 }
 
 export interface TargetSpec {
@@ -45,4 +64,13 @@ export interface TargetSpec {
   volatile?: boolean;
   /** Validates the options and opens the backend; throws a UserError with one line on bad input. */
   open(opts: Record<string, unknown>): Promise<OpenedTarget>;
+  /** Its own verbs (`ublk-ts <name> <verb>`); `status` is every such target's, from the device's record. */
+  verbs?: Record<string, TargetVerb>;
+  /** `<name> status`: the live state (the record's info) in a few lines. */
+  describeStatus?(info: Record<string, unknown>): string;
+  /**
+   * `ublk-ts resize`, before the kernel is told: makes the backend hold `size` bytes (a file grows; none
+   * shrinks) and returns the options a later server opens it with (`recover`). Without it, no resize.
+   */
+  resize?(opts: Record<string, unknown>, size: number): Record<string, unknown>;
 }

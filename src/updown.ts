@@ -138,7 +138,8 @@ export async function down(file: string, names: readonly string[] | 'all', on: O
       continue;
     }
     try {
-      await deleteDevice(rec.id);
+      // One still mounted or open is left up, said in its line (the exit status is then 'busy').
+      await deleteDevice(rec.id, { safe: true });
       tell(reached(name, 'down', rec));
     } catch (e) {
       tell(failed(name, e));

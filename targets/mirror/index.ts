@@ -1,34 +1,185 @@
 // mirror: RAID1 over files or block devices (`--leg`, two or more as a rule; one is allowed, to serve what
-// survives of a mirror). Every leg must have the same size. The native side (mirror.cc) keeps each leg's
-// state; `list` shows it in info.mirror, info.legs and, for a failed leg N, info.legN.
-import type { TargetSpec } from '../../src/target.js';
+// survives of a mirror). Each leg ends with the mirror's metadata (a superblock and a write-intent bitmap:
+// mirror.h, meta.cc), so the device is that much smaller than its smallest leg. The native side reads it
+// when it starts and decides which legs are in sync; `list` shows each leg's state in info.legs.
+import fs from 'node:fs';
+import path from 'node:path';
+import type { OpenedTarget, TargetSpec, TargetVerb } from '../../src/target.js';
 import { UserError } from '../../src/errors.js';
-import { closeLegs, legFileOptions, legInfo, legOption, legOptions, legParams, openLegs } from './legs.js';
+import { parseSize } from '../../src/size.js';
+import { closeLegs, legFileOptions, legIdentity, legInfo, legOption, legOptions, legParams, MAX_LEGS, openLeg, openLegs, type Leg } from './legs.js';
+
+const CHUNK_MIN = 64 << 10;
+const CHUNK_MAX = 64 << 20;
+/** The default chunk: 64 KiB, larger where a bitmap of more than this many bits would be needed. */
+const DEFAULT_MAX_CHUNKS = 1 << 20;
+
+function chunkShift(value: unknown, smallestLeg: number): number {
+  if (value === undefined) {
+    let shift = Math.log2(CHUNK_MIN);
+    while (smallestLeg / 2 ** shift > DEFAULT_MAX_CHUNKS && 2 ** shift < CHUNK_MAX) shift++;
+    return shift;
+  }
+  const bytes = parseSize(String(value));
+  if (bytes < CHUNK_MIN || bytes > CHUNK_MAX || (bytes & (bytes - 1)) !== 0)
+    throw new UserError(`--bitmap-chunk must be a power of two from 64k to 64M, not "${String(value)}"`);
+  return Math.log2(bytes);
+}
+
+function resyncRate(value: unknown): number {
+  if (value === undefined) return 0;
+  const mb = Number(value);
+  if (!Number.isFinite(mb) || mb <= 0) throw new UserError(`--resync-rate must be a number of MB/s above 0, not "${String(value)}"`);
+  return Math.round(mb * 1e6);
+}
+
+function legNumber(a: Record<string, unknown>): number {
+  const leg = Number(a.leg);
+  if (a.leg === undefined || !Number.isInteger(leg) || leg < 1) throw new UserError('--leg must be a leg number (1 for the first --leg)');
+  return leg;
+}
+
+const legVerb = (verb: string, describe: string): TargetVerb => ({
+  describe,
+  options: { leg: { type: 'number', describe: 'the leg, by number (1: the first --leg it was added with)' } },
+  command: (a) => `${verb} ${legNumber(a)}`,
+});
+
+/** --with: a new leg, by a path the server (another process, another directory) can open. */
+function newLeg(a: Record<string, unknown>): string {
+  if (typeof a.with !== 'string' || a.with === '') throw new UserError('--with needs the new leg: a file or block device');
+  return path.resolve(a.with);
+}
+
+const withOption = { with: { type: 'string' as const, describe: 'add-leg, replace: the new leg, a file or block device' } };
+
+const verbs: Record<string, TargetVerb> = {
+  fail: legVerb('fail', 'mark a leg failed (for maintenance): it gets no more IO'),
+  're-add': legVerb('re-add', 'take a failed leg back: it is resynced (only what it missed, where the bitmap knows)'),
+  remove: legVerb('remove', 'drop a failed leg from the mirror (its slot stays empty)'),
+  'add-leg': {
+    describe: 'a new leg (a third, a fourth: up to 16), resynced whole while IO goes on',
+    options: withOption,
+    command: (a) => `add-leg ${newLeg(a)}`,
+  },
+  replace: {
+    describe: 'a new leg --with PATH for --leg L: resynced whole beside it, then it takes its place',
+    options: withOption,
+    command: (a) => `replace ${legNumber(a)} ${newLeg(a)}`,
+  },
+  check: {
+    describe: 'scrub: compare every chunk of the in-sync legs; --repair rewrites mismatches',
+    options: {
+      repair: { type: 'boolean', describe: 'check: rewrite mismatched chunks from the majority (or --from)' },
+      from: { type: 'number', describe: 'check --repair: the leg to copy from' },
+    },
+    command: (a) => {
+      if (a.from !== undefined && a.repair !== true) throw new UserError('--from goes with --repair');
+      return a.repair === true ? `check repair${a.from !== undefined ? ` ${Number(a.from)}` : ''}` : 'check';
+    },
+  },
+};
+
+function bar(percent: number): string {
+  const width = 30;
+  const full = Math.round((percent / 100) * width);
+  return `[${'#'.repeat(full)}${'.'.repeat(width - full)}]`;
+}
+
+/** `mirror status`: the state, each leg, and a running resync's or check's progress. */
+function describeStatus(info: Record<string, unknown>): string {
+  const lines = [`mirror ${String(info.mirror)}, legs ${String(info.legs)}`];
+  for (const [k, v] of Object.entries(info)) if (/^leg\d+$/.test(k)) lines.push(`  ${k}: ${String(v)}`);
+  if (typeof info.resync === 'number') {
+    const rate = Number(info.resyncRate) / 1e6;
+    const eta = Number(info.resyncEta);
+    lines.push(`  resync ${bar(info.resync)} ${info.resync.toFixed(1)}% at ${rate.toFixed(1)} MB/s${eta >= 0 ? `, ${Math.round(eta)} s left` : ''}`);
+  }
+  if (info.check === 'running' || info.check === 'done')
+    lines.push(`  check ${String(info.check)} ${String(info.checkPercent)}%: ${String(info.mismatched)} bytes mismatched${info.mismatchRanges ? ` (${String(info.mismatchRanges)})` : ''}, ${String(info.repaired)} rewritten`);
+  if (info.syncNote) lines.push(`  last: ${String(info.syncNote)}`);
+  return lines.join('\n');
+}
+
+/**
+ * add-leg and replace, in the server: the new leg is opened here as the others were (it is closed with
+ * them when the device stops) and the native side gets its fd.
+ */
+async function prepare(command: string, opts: Record<string, unknown>, legs: Leg[], params: OpenedTarget['params']): Promise<string> {
+  const m = /^(add-leg|replace (\d+)) (.+)$/.exec(command);
+  if (!m) return command;
+  const file = m[3];
+  const st = fs.statSync(file, { throwIfNoEntry: false });
+  if (!st) throw new UserError(`--with ${file} does not exist`);
+  if (legs.length >= MAX_LEGS * 2) throw new UserError('too many legs were added to this server: restart it (recover) first');
+  const twice = legs.find((l) => legIdentity(fs.statSync(l.path)) === legIdentity(st));
+  if (twice) throw new UserError(`--with ${file} is already a leg of this mirror (${twice.path})`);
+  const leg = await openLeg(file, opts);
+  if ((leg.opened.params.logicalBsShift ?? 9) > (params.logicalBsShift ?? 9)) {
+    leg.opened.close();
+    throw new UserError(`--with ${file} has larger blocks than the mirror's ${2 ** (params.logicalBsShift ?? 9)} bytes`);
+  }
+  legs.push(leg);
+  const bd = leg.opened.options?.['block-discard'] ? 1 : 0;
+  return `${m[2] ? `replace ${m[2]}` : 'add-leg'} ${leg.opened.fds[0]} ${bd}`;
+}
+
+/** The --leg list a later server needs, from which fd each slot has now (status.legFds). */
+function restater(opts: Record<string, unknown>, legs: Leg[]): NonNullable<OpenedTarget['restate']> {
+  let before = legs.map((l) => l.path).join('\0');
+  return (status) => {
+    const byFd = new Map(legs.map((l) => [l.opened.fds[0], l.path]));
+    const paths = String(status.legFds ?? '').split(',').map((fd) => byFd.get(Number(fd)));
+    if (paths.some((p) => p === undefined)) return undefined;
+    const now = paths as string[];
+    if (now.join('\0') === before) return undefined;
+    before = now.join('\0');
+    return { options: { ...opts, leg: now }, info: { file: now.join(',') } };
+  };
+}
 
 const spec: TargetSpec = {
   name: 'mirror',
-  describe: 'RAID1: every write to each leg, reads spread over them; a failed leg is dropped',
+  describe: 'RAID1 with a write-intent bitmap: every write to each leg, reads from in-sync legs; a leg that returns is resynced',
   movesData: true,
   options: {
     leg: legOption,
     ...legFileOptions,
+    'bitmap-chunk': { type: 'string', describe: 'a new mirror: bytes per bitmap bit, 64k..64M (default 64k, more for large legs)' },
+    'assume-clean': { type: 'boolean', describe: 'a new mirror: the legs already hold the same bytes (no initial resync)' },
+    'resync-rate': { type: 'number', describe: 'resync at most this many MB/s (default: as fast as the legs go)' },
+    'claim-legs': { type: 'boolean', describe: 'a new mirror may write its metadata over bytes at the end of its legs' },
   },
   async open(opts) {
     const legs = await openLegs('mirror', opts, 1);
-    const sizes = new Set(legs.map((l) => l.opened.size));
-    if (sizes.size > 1) {
+    try {
+      const params = legParams(legs);
+      const options = {
+        ...legOptions(legs),
+        lbs: 2 ** (params.logicalBsShift ?? 9),
+        'bitmap-chunk-shift': chunkShift(opts['bitmap-chunk'], Math.min(...legs.map((l) => l.opened.size))),
+        'assume-clean': opts['assume-clean'] === true ? 1 : 0,
+        'claim-legs': opts['claim-legs'] === true ? 1 : 0,
+        'resync-rate': resyncRate(opts['resync-rate']),
+      };
+      return {
+        // The native side settles it from the legs' metadata: see afterStart.
+        size: 0,
+        fds: legs.map((l) => l.opened.fds[0]),
+        options,
+        params,
+        info: legInfo(legs),
+        afterStart: (status) => ({ size: Number(status.dataSize), params }),
+        prepare: (command) => prepare(command, opts, legs, params),
+        restate: restater(opts, legs),
+        close: () => closeLegs(legs),
+      };
+    } catch (e) {
       closeLegs(legs);
-      throw new UserError(`the legs of a mirror must have one size, not ${legs.map((l) => `${l.path} ${l.opened.size}`).join(', ')} (bytes)`);
+      throw e;
     }
-    // One size, cut by each leg to its own block size: a multiple of the largest.
-    return {
-      size: legs[0].opened.size,
-      fds: legs.map((l) => l.opened.fds[0]),
-      options: legOptions(legs),
-      params: legParams(legs),
-      info: { ...legInfo(legs), mirror: 'clean', legs: legs.map(() => 'ok').join(',') },
-      close: () => closeLegs(legs),
-    };
   },
+  verbs,
+  describeStatus,
 };
 export default spec;

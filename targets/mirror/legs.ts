@@ -47,7 +47,7 @@ function legPaths(target: string, value: unknown, min: number): string[] {
     }
     if (st.isFile() && st.size === 0) throw new UserError(`--leg ${p} is empty`);
     // The same leg twice would be written twice and counted twice.
-    const id = st.isBlockDevice() ? `b${st.rdev}` : `f${st.dev}:${st.ino}`;
+    const id = legIdentity(st);
     const twice = seen.get(id);
     if (twice !== undefined) throw new UserError(`--leg ${p} is the same ${st.isBlockDevice() ? 'device' : 'file'} as --leg ${twice}`);
     seen.set(id, p);
@@ -55,14 +55,20 @@ function legPaths(target: string, value: unknown, min: number): string[] {
   return paths;
 }
 
+/** Opens one leg as the file target would, with the leg options of opts. */
+export async function openLeg(path: string, opts: Record<string, unknown>): Promise<Leg> {
+  const one = { file: path, 'read-only': opts['read-only'], 'logical-block-size': opts['logical-block-size'], buffered: opts.buffered };
+  return { path, opened: await file.open(one) };
+}
+
+/** Which file or block device a path is: two paths of one leg are the same leg. */
+export const legIdentity = (st: fs.Stats) => (st.isBlockDevice() ? `b${st.rdev}` : `f${st.dev}:${st.ino}`);
+
 /** Opens every leg as the file target would; on any failure closes what it opened and throws. */
 export async function openLegs(target: string, opts: Record<string, unknown>, min: number): Promise<Leg[]> {
   const legs: Leg[] = [];
   try {
-    for (const path of legPaths(target, opts.leg, min)) {
-      const one = { file: path, 'read-only': opts['read-only'], 'logical-block-size': opts['logical-block-size'], buffered: opts.buffered };
-      legs.push({ path, opened: await file.open(one) });
-    }
+    for (const path of legPaths(target, opts.leg, min)) legs.push(await openLeg(path, opts));
   } catch (e) {
     closeLegs(legs);
     throw e;

@@ -1,12 +1,15 @@
 /*
  * mirror: RAID1 over legs (fixed files 1..n, in --leg order), on one leased buffer.
  *
- * A write, flush, discard or write-zeroes is one member per healthy leg, all issued together on the same
- * lease; a read is one member on one healthy leg, taken in turn. A leg whose member fails is marked failed
- * (one atomic mask shared by every queue thread) and gets no more IO: its failed write is ignored, since
- * the other legs have the data, and its failed read is retried on another leg. The last healthy leg is
- * never marked failed (as md does): its errors go to the block layer instead, so every write that
- * succeeded is on every leg still marked healthy, and there is always a leg to read.
+ * A write, flush, discard or write-zeroes is one member per writable leg (in sync or resyncing), all
+ * issued together on the same lease; a read is one member on one in-sync leg, taken in turn. Before the
+ * first write to a chunk whose bit is clear, the bit is set and written to the legs (mirror.h): after a
+ * crash, only those chunks can differ between legs.
+ *
+ * A leg whose member fails is marked failed, and the superblocks of the others say so before the request
+ * completes (meta.cc), so no later server reads a leg that missed an acknowledged write. Its failed write
+ * is ignored (the other legs have the data); its failed read is retried on another leg. The last in-sync
+ * leg is never marked failed (as md does): its errors go to the block layer.
  *
  * A discard on a block-device leg is a block discard, not a member (discard.h); the request then waits
  * for those as well as for its members.
@@ -14,37 +17,21 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
-#include <string.h>
-
-#include <atomic>
-#include <string>
-#include <vector>
 
 #include "../../native/discard.h"
+#include "mirror.h"
 
-/* A write has one member per leg. */
-#define MAX_LEGS MAX_MEMBERS
-
-struct leg {
-	/* Why the leg failed, for status(): written once by the queue thread that marked it failed, then
-	 * published by `known` (status() runs on the JavaScript thread). */
-	std::atomic<int> err{0};
-	std::atomic<uint8_t> op{0};
-	std::atomic<uint64_t> off{0};
-	std::atomic<bool> known{false};
-};
-
-struct mirror {
-	unsigned n;
-	std::atomic<uint32_t> healthy; /* bit i: leg i (file i + 1) serves IO */
-	uint32_t block_discard;        /* bit i: leg i discards with a block discard */
-	struct leg legs[MAX_LEGS];
-};
-
-/* Per queue (no sharing between queue threads): where the next read goes, and each tag's block discards. */
+/* Per queue (no sharing between queue threads): where the next read goes, each tag's block discards,
+ * and whether a tag's request counts as a write in flight on its chunks. */
 struct mirror_q {
 	unsigned next_read;
 	std::vector<struct discard_fanout> discards;
+	std::vector<uint8_t> writing;
+	/* Writes held until their chunks' bits are on the legs: one bitmap write per batch (queue_idle). */
+	std::vector<struct request *> held;
+	std::vector<uint8_t> holding;
+	uint32_t files_gen;  /* the mirror's files_gen this ring's files match */
+	int fds[MAX_LEGS];   /* what this ring has as files 1..MAX_LEGS */
 };
 
 static int mirror_init(struct target *t)
@@ -54,21 +41,45 @@ static int mirror_init(struct target *t)
 		return -EINVAL;
 	auto *m = new mirror();
 	m->n = (unsigned)n;
-	m->healthy = (uint32_t)((1ull << n) - 1);
+	/* Free slots for legs added while it runs (add-leg, replace): registered empty, filled by each queue. */
+	t->cfg.fds.resize(MAX_LEGS, -1);
 	m->block_discard = block_discard_files(t);
+	m->rate = (uint64_t)t->cfg.num("resync-rate", 0);
+	int ret = posix_memalign(&m->meta_buf, 4096, 4096) ? -ENOMEM : mirror_assemble(t, m);
+	if (ret < 0) {
+		free(m->meta_buf);
+		delete m;
+		return ret;
+	}
 	t->priv = m;
+	sync_start(m);
 	return 0;
 }
 
 static void mirror_deinit(struct target *t)
 {
-	delete static_cast<struct mirror *>(t->priv);
+	auto *m = static_cast<struct mirror *>(t->priv);
+	sync_stop(m);
+	/* Clean only if no write is still in flight on a chunk (a forced teardown). */
+	bool idle = true;
+	for (uint64_t c = 0; c < m->nr_chunks && idle; c++)
+		idle = !(m->chunks[c].load() & CHUNK_INFLIGHT);
+	if (idle)
+		mirror_close(m);
+	free(m->meta_buf);
+	delete m;
 	t->priv = nullptr;
 }
 
 static int mirror_queue_init(struct tq *tq)
 {
-	tq->priv = new mirror_q{tq->q_id, std::vector<struct discard_fanout>(tq->depth)}; /* queues start on different legs */
+	/* queues start on different legs */
+	auto *mq = new mirror_q{tq->q_id, std::vector<struct discard_fanout>(tq->depth), std::vector<uint8_t>(tq->depth), {},
+				std::vector<uint8_t>(tq->depth), 0, {}};
+	mq->held.reserve(tq->depth);
+	for (unsigned i = 0; i < MAX_LEGS; i++)
+		mq->fds[i] = tq->t->cfg.fds[i];
+	tq->priv = mq;
 	return 0;
 }
 
@@ -78,43 +89,40 @@ static void mirror_queue_deinit(struct tq *tq)
 	tq->priv = nullptr;
 }
 
-/* The first healthy leg at or after `from` (wrapping); the mask is never empty. */
-static unsigned healthy_from(uint32_t mask, unsigned n, unsigned from)
+/* The first leg of mask at or after `from` (wrapping); the mask is never empty. */
+static unsigned leg_from(uint32_t mask, unsigned from)
 {
-	for (unsigned k = 0; k < n; k++) {
-		unsigned i = (from + k) % n;
+	for (unsigned k = 0; k < MAX_LEGS; k++) {
+		unsigned i = (from + k) % MAX_LEGS;
 		if (mask & (1u << i))
 			return i;
 	}
 	return 0;
 }
 
-/* Marks leg i failed, unless it is the last healthy one. Returns whether it is failed now. */
-static bool fail_leg(struct mirror *m, unsigned i, const struct request *req, uint64_t off, int err)
+/* After a mask was read: a leg in it may be new to this ring (add-leg, replace). The masks are published
+ * after files_gen, so a leg seen in a mask has its fd here. */
+static void refresh_files(struct tq *tq, struct mirror *m, struct mirror_q *mq)
 {
-	uint32_t bit = 1u << i, cur = m->healthy.load();
-	do {
-		if (!(cur & bit))
-			return true; /* another request saw it fail first */
-		if (cur == bit)
-			return false;
-	} while (!m->healthy.compare_exchange_weak(cur, cur & ~bit));
-	struct leg *l = &m->legs[i];
-	l->err.store(err, std::memory_order_relaxed);
-	l->op.store(req->op, std::memory_order_relaxed);
-	l->off.store(off, std::memory_order_relaxed);
-	l->known.store(true, std::memory_order_release);
-	return true;
+	uint32_t gen = m->files_gen.load(std::memory_order_acquire);
+	if (gen == mq->files_gen)
+		return;
+	mq->files_gen = gen;
+	for (unsigned i = 0; i < MAX_LEGS; i++) {
+		int fd = m->legs[i].fd.load();
+		if (fd != mq->fds[i] && tq_set_file(tq, i + 1, fd) == 0)
+			mq->fds[i] = fd;
+	}
 }
 
 /* Not the leg's fault: cancelled at stop, or a leg that cannot discard (the block layer then writes
- * zeroes itself). Otherwise the leg is marked failed, unless it is the last healthy one. Returns whether
+ * zeroes itself). Otherwise the leg is marked failed, unless it is the last in-sync one. Returns whether
  * the request goes on without the leg; if not, err is the request's. */
 static bool leg_failed(struct mirror *m, unsigned i, const struct request *req, uint64_t off, int err, bool zeroing)
 {
 	if (err == ECANCELED || (zeroing && err == EOPNOTSUPP))
 		return false;
-	return fail_leg(m, i, req, off, err);
+	return mirror_fail_leg(m, i, req->op, off, err);
 }
 
 /* A mirror discards the whole request on each leg. */
@@ -124,42 +132,56 @@ static void whole_request(const struct tq *, const struct request *req, unsigned
 	*len = req->len;
 }
 
-static int mirror_queue_io(struct tq *tq, struct request *req)
+/* The request's chunks count it as a write in flight. True if every one's bit is already on the legs;
+ * else the clean ones want theirs, and the write waits for the batch's bitmap write (queue_idle). */
+static bool start_write(struct mirror *m, const struct request *req)
+{
+	uint64_t c0 = req->offset >> m->chunk_shift, c1 = (req->offset + req->len - 1) >> m->chunk_shift;
+	bool clean = false;
+	for (uint64_t c = c0; c <= c1; c++) {
+		if (!(m->chunks[c].fetch_add(CHUNK_WRITE) & CHUNK_SET)) {
+			m->chunks[c].fetch_or(CHUNK_WANT);
+			clean = true;
+		}
+		m->idle[c].store(0, std::memory_order_relaxed);
+	}
+	return !clean;
+}
+
+/* Whether chunks [c0, c1] all have their bits on the legs. */
+static bool durable(struct mirror *m, uint64_t c0, uint64_t c1)
+{
+	for (uint64_t c = c0; c <= c1; c++)
+		if (!(m->chunks[c].load() & CHUNK_SET))
+			return false;
+	return true;
+}
+
+static void mirror_on_done(struct tq *tq, struct request *req, int32_t)
 {
 	auto *m = static_cast<struct mirror *>(tq->t->priv);
 	auto *mq = static_cast<struct mirror_q *>(tq->priv);
-	uint32_t mask = m->healthy.load();
-	struct member *mem;
-	if (req->op == UBLK_IO_OP_READ) {
-		unsigned i = healthy_from(mask, m->n, mq->next_read);
-		mq->next_read = i + 1;
-		mem = add_member(req, MEMBER_READ, (uint8_t)(i + 1));
-		mem->len = req->len;
-		mem->file_off = req->offset;
-		return QUEUE_IO_DONE;
-	}
-	enum member_kind kind;
-	switch (req->op) {
-	case UBLK_IO_OP_WRITE:
-		kind = MEMBER_WRITE;
-		break;
-	case UBLK_IO_OP_FLUSH:
-		kind = MEMBER_FSYNC;
-		break;
-	case UBLK_IO_OP_DISCARD:
-	case UBLK_IO_OP_WRITE_ZEROES:
-		kind = MEMBER_FALLOCATE;
-		break;
-	default:
-		req->result = -EOPNOTSUPP;
-		return QUEUE_IO_DONE;
-	}
-	/* Every healthy leg, in parallel on the same buffer; block discards beside the members. */
-	uint32_t blocks = req->op == UBLK_IO_OP_DISCARD && req->len ? mask & m->block_discard : 0;
-	for (unsigned i = 0; i < m->n; i++) {
-		if (!(mask & ~blocks & (1u << i)))
-			continue;
-		mem = add_member(req, kind, (uint8_t)(i + 1));
+	if (!mq->writing[req->tag])
+		return;
+	mq->writing[req->tag] = 0;
+	uint64_t c0 = req->offset >> m->chunk_shift, c1 = (req->offset + req->len - 1) >> m->chunk_shift;
+	for (uint64_t c = c0; c <= c1; c++)
+		m->chunks[c].fetch_sub(1);
+}
+
+/* The members of a write, flush, discard or write-zeroes: every writable leg, in parallel on the same
+ * buffer; block discards beside them. QUEUE_IO_PENDING when block discards went out (they complete it). */
+static int issue_write(struct tq *tq, struct mirror *m, struct mirror_q *mq, struct request *req)
+{
+	enum member_kind kind = req->op == UBLK_IO_OP_WRITE   ? MEMBER_WRITE
+				: req->op == UBLK_IO_OP_FLUSH ? MEMBER_FSYNC
+							      : MEMBER_FALLOCATE;
+	uint32_t mask = m->writable.load();
+	refresh_files(tq, m, mq);
+	uint32_t blocks = req->op == UBLK_IO_OP_DISCARD && req->len ? mask & m->block_discard.load() : 0;
+	for (uint32_t left = mask & ~blocks; left; left &= left - 1) {
+		unsigned i = (unsigned)__builtin_ctz(left);
+		struct member *mem = add_member(req, kind, (uint8_t)(i + 1));
 		if (kind == MEMBER_FSYNC)
 			continue;
 		mem->len = req->len;
@@ -173,6 +195,84 @@ static int mirror_queue_io(struct tq *tq, struct request *req)
 		return QUEUE_IO_DONE;
 	discard_fanout_start(tq, req, &mq->discards[req->tag], blocks, whole_request);
 	return QUEUE_IO_PENDING;
+}
+
+static int mirror_queue_io(struct tq *tq, struct request *req)
+{
+	auto *m = static_cast<struct mirror *>(tq->t->priv);
+	auto *mq = static_cast<struct mirror_q *>(tq->priv);
+	switch (req->op) {
+	case UBLK_IO_OP_READ: {
+		unsigned i = leg_from(m->readable.load(), mq->next_read);
+		refresh_files(tq, m, mq);
+		mq->next_read = i + 1;
+		struct member *mem = add_member(req, MEMBER_READ, (uint8_t)(i + 1));
+		mem->len = req->len;
+		mem->file_off = req->offset;
+		return QUEUE_IO_DONE;
+	}
+	case UBLK_IO_OP_WRITE:
+	case UBLK_IO_OP_FLUSH:
+	case UBLK_IO_OP_DISCARD:
+	case UBLK_IO_OP_WRITE_ZEROES:
+		break;
+	default:
+		req->result = -EOPNOTSUPP;
+		return QUEUE_IO_DONE;
+	}
+	if (req->len) {
+		mq->writing[req->tag] = 1;
+		if (!start_write(m, req)) {
+			mq->holding[req->tag] = 1;
+			mq->held.push_back(req);
+			return QUEUE_IO_PENDING;
+		}
+	}
+	return issue_write(tq, m, mq, req);
+}
+
+/* The batch is handled: the bits its held writes want go to the legs in one write per bitmap block, then
+ * the writes go (a bitmap that reached no in-sync leg fails them). */
+static void mirror_queue_idle(struct tq *tq)
+{
+	auto *m = static_cast<struct mirror *>(tq->t->priv);
+	auto *mq = static_cast<struct mirror_q *>(tq->priv);
+	if (mq->held.empty())
+		return;
+	bool ok;
+	{
+		std::lock_guard<std::mutex> g(m->lock);
+		/* A block write makes every wanted bit in it durable: the batch's other writes in that block
+		 * (and other queues' waiting for it) find theirs done. */
+		for (struct request *req : mq->held) {
+			uint64_t c0 = req->offset >> m->chunk_shift, c1 = (req->offset + req->len - 1) >> m->chunk_shift;
+			if (mq->holding[req->tag] && !durable(m, c0, c1))
+				meta_write_bitmap_locked(m, c0, c1);
+		}
+		ok = !m->meta_error;
+	}
+	std::vector<struct request *> batch;
+	batch.swap(mq->held);
+	for (struct request *req : batch) {
+		if (!mq->holding[req->tag])
+			continue; /* released by a drain meanwhile */
+		mq->holding[req->tag] = 0;
+		if (!ok) {
+			request_complete(tq, req, -EIO);
+			continue;
+		}
+		int how = issue_write(tq, m, mq, req);
+		request_run(tq, req);
+		if (how == QUEUE_IO_DONE)
+			request_complete(tq, req, 0);
+	}
+	batch.clear();
+	mq->held.swap(batch);
+}
+
+static void mirror_on_release(struct tq *tq, struct request *req)
+{
+	static_cast<struct mirror_q *>(tq->priv)->holding[req->tag] = 0;
 }
 
 static enum member_fold mirror_on_member(struct tq *tq, struct request *req, unsigned idx, int res)
@@ -189,7 +289,8 @@ static enum member_fold mirror_on_member(struct tq *tq, struct request *req, uns
 	if (mem->kind != MEMBER_READ)
 		return FOLD_IGNORE;
 	/* The same bytes from another leg; each failure marks a leg, so this ends within n tries. */
-	mem->file = (uint8_t)(healthy_from(m->healthy.load(), m->n, i + 1) + 1);
+	mem->file = (uint8_t)(leg_from(m->readable.load(), i + 1) + 1);
+	refresh_files(tq, m, static_cast<struct mirror_q *>(tq->priv));
 	return FOLD_RETRY;
 }
 
@@ -201,44 +302,14 @@ static void mirror_on_cqe(struct tq *tq, struct request *req, uint64_t cookie, c
 	discard_fanout_done(tq, req, &static_cast<struct mirror_q *>(tq->priv)->discards[req->tag], res, whole_request);
 }
 
-static const char *op_name(uint8_t op)
-{
-	switch (op) {
-	case UBLK_IO_OP_READ:
-		return "read";
-	case UBLK_IO_OP_WRITE:
-		return "write";
-	case UBLK_IO_OP_FLUSH:
-		return "flush";
-	case UBLK_IO_OP_DISCARD:
-		return "discard";
-	case UBLK_IO_OP_WRITE_ZEROES:
-		return "write-zeroes";
-	}
-	return "request";
-}
-
-/* {"mirror":"clean|degraded","legs":"ok,failed",...} and, per failed leg, "legN":"<why>". Flat: the
- * server merges it into the device record's info. */
 static std::string mirror_status(const struct target *t)
 {
-	auto *m = static_cast<const struct mirror *>(t->priv);
-	uint32_t mask = m->healthy.load();
-	std::string legs, why;
-	for (unsigned i = 0; i < m->n; i++) {
-		bool ok = mask & (1u << i);
-		legs += std::string(i ? "," : "") + (ok ? "ok" : "failed");
-		const struct leg *l = &m->legs[i];
-		if (ok || !l->known.load(std::memory_order_acquire))
-			continue;
-		int err = l->err.load(std::memory_order_relaxed);
-		const char *name = strerrorname_np(err), *desc = strerrordesc_np(err);
-		why += ",\"leg" + std::to_string(i + 1) + "\":\"failed: " + op_name(l->op.load(std::memory_order_relaxed)) +
-		       " at byte " + std::to_string(l->off.load(std::memory_order_relaxed)) + ": " +
-		       (name ? name : "errno " + std::to_string(err)) + (desc ? std::string(" (") + desc + ")" : "") + "\"";
-	}
-	bool clean = mask == (uint32_t)((1ull << m->n) - 1);
-	return std::string("{\"mirror\":\"") + (clean ? "clean" : "degraded") + "\",\"legs\":\"" + legs + "\"" + why + "}";
+	return mirror_status_json(static_cast<struct mirror *>(t->priv));
+}
+
+static std::string mirror_command_op(struct target *t, const std::string &cmd)
+{
+	return mirror_command(static_cast<struct mirror *>(t->priv), cmd);
 }
 
 static const struct target_ops mirror_target_ops = {
@@ -249,7 +320,11 @@ static const struct target_ops mirror_target_ops = {
 	.queue_deinit = mirror_queue_deinit,
 	.queue_io = mirror_queue_io,
 	.on_member = mirror_on_member,
+	.on_release = mirror_on_release,
+	.on_done = mirror_on_done,
 	.on_cqe = mirror_on_cqe,
+	.queue_idle = mirror_queue_idle,
 	.status = mirror_status,
+	.command = mirror_command_op,
 };
 UBLK_TARGET(mirror_target_ops)

@@ -31,7 +31,7 @@ function configFile(name: string, doc: unknown): string {
 
 const good = configFile('good.json', {
   devices: {
-    alpha: { target: 'file', file: img, queues: 2, 'data-mode': 'copy', comment: 'kept' },
+    alpha: { target: 'file', file: img, queues: 2, 'data-mode': 'copy', 'part-scan': true, comment: 'kept' },
     beta: { target: 'null', size: 1 << 30 },
     later: { target: 'null', auto: false },
   },
@@ -99,6 +99,7 @@ describe('the config file', () => {
       mode: 'copy',
       recovery: true,
       restart: 0,
+      partScan: true,
     });
     // A size in bytes is a size, as the command line's string would be.
     expect((await configuredDevice(good, beta)).serve.targetOptions).toEqual({ size: String(1 << 30) });

@@ -58,6 +58,13 @@ const mistakes: [string[], string][] = [
   [['del'], '-n'],
   [['del', '-n', '1', '--all'], '--all'],
   [['del', '-n', 'abc'], '-n'],
+  [['features', '-n', 'abc'], '-n'],
+  [['features', '-n'], '-n'],
+  [['resize', '--size', '1G'], '--number'],
+  [['resize', '-n', '0'], '--size'],
+  [['resize', '-n', '0', '--size', '12Q'], '--size'],
+  [['resize', '-n', 'x', '--size', '1G'], '-n'],
+  [['resize', '-n', '0', '--size'], '--size'],
   [['del', '-n'], '-n'],
 ];
 

@@ -95,7 +95,7 @@ const CASES: Case[] = [
   { name: "add: another target's option (--file to null)", args: add('--target', 'null', '--file', at('disk.img')), code: 'usage', message: /--file is an option of target .*file.*, not of null \(target null takes: --size\)/ },
   { name: 'add: --read-only with --size', args: add('--target', 'file', '--file', at('disk.img'), '--read-only', '--size', '1M'), code: 'usage', message: /--size cannot grow a file exported --read-only/ },
   { name: 'add: nbd --host with --socket', args: add('--target', 'nbd', '--host', '127.0.0.1', '--socket', at('nbd.sock')), code: 'usage', message: /the nbd target needs --host HOST or --socket PATH \(one of them\)/ },
-  { name: 'add: mirror legs of different sizes', args: add('--target', 'mirror', '--leg', at('small.img'), '--leg', at('base.img')), code: 'usage', message: /the legs of a mirror must have one size/ },
+  { name: 'add: mirror --bitmap-chunk not a power of two', args: add('--target', 'mirror', '--leg', at('small.img'), '--leg', at('base.img'), '--bitmap-chunk', '96k'), code: 'usage', message: /--bitmap-chunk must be a power of two from 64k to 64M, not "96k"/ },
   { name: 'add: stripe --chunk not a power of two', args: add('--target', 'stripe', '--leg', at('small.img'), '--leg', at('base.img'), '--chunk', '3k'), code: 'usage', message: /--chunk must be a power of two from 4k to 1G, not 3k/ },
   { name: 'add: overlay --base a directory', args: add('--target', 'overlay', '--base', at('dir'), '--overlay', at('new.ov')), code: 'usage', message: /overlay: --base .*dir is not a regular file/ },
   // The running kernel has every data mode (control.test.ts), so "a mode the kernel lacks" cannot be

@@ -26,12 +26,12 @@ beforeAll(() => {
 afterEach(delAll);
 afterAll(() => fs.rmSync(RANDOM, { force: true }));
 
-/** Writes files of mixed sizes (about 210 MB in all), each a different slice of the random source. */
+/** Writes files of mixed sizes (about 80 MB in all), each a different slice of the random source. */
 function writeMixedFiles(dir: string): number {
   const sizes = [1, 4096, 12_345, 65_536, 1 << 20, 3_500_000, 16 << 20, 47 << 20];
   const files: string[] = [];
   let total = 0;
-  for (let i = 0; total < 210 << 20; i++) {
+  for (let i = 0; total < 80 << 20; i++) {
     const size = sizes[i % sizes.length];
     const skip = (i * 7919) % (1 << 20);
     files.push(`tail -c +${skip + 1} ${RANDOM} | head -c ${size} > ${dir}/f${i}`);
@@ -42,15 +42,15 @@ function writeMixedFiles(dir: string): number {
 }
 
 describe.each(DATA_MODES)('file target, data mode %s', (mode) => {
-  it('carries ext4: 200+ MB of files survive umount, delete, fsck and re-add', () => {
+  it('carries ext4: 80+ MB of files survive umount, delete, fsck and re-add', () => {
     const dir = scratch(`fs-${mode}`);
     const img = path.join(dir, 'disk.img');
-    const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', img, '--size', '640M', '--data-mode', mode, '--queues', '2');
+    const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', img, '--size', '256M', '--data-mode', mode, '--queues', '2');
     expect(dev.mode).toBe(mode);
     expect(fs.existsSync(dev.blockDevice)).toBe(true);
 
     const listed = listEntry(dev.id);
-    expect(listed).toMatchObject({ mode, queues: 2, pid: dev.pid, size: 640 << 20 });
+    expect(listed).toMatchObject({ mode, queues: 2, pid: dev.pid, size: 256 << 20 });
     expect(listed?.info.file).toBe(img);
 
     sh(`mkfs.ext4 -q -F ${dev.blockDevice} && mkdir -p ${MNT} && mount ${dev.blockDevice} ${MNT}`);
@@ -70,10 +70,10 @@ describe.each(DATA_MODES)('file target, data mode %s', (mode) => {
     cliJson('del', '-n', String(again.id));
   });
 
-  it('passes fio verify=crc32c: 1 GiB of random writes, 4k-256k, QD64, 2 queues', () => {
+  it('passes fio verify=crc32c: 256 MiB of random writes, 4k-256k, QD64, 2 queues', () => {
     const dir = scratch(`fio-${mode}`);
-    const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', path.join(dir, 'disk.img'), '--size', '1G', '--data-mode', mode, '--queues', '2');
-    fioVerify(dev.blockDevice, '4k-256k', 64, 1 << 30);
+    const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', path.join(dir, 'disk.img'), '--size', '256M', '--data-mode', mode, '--queues', '2');
+    fioVerify(dev.blockDevice, '4k-256k', 64, 256 << 20);
     cliJson('del', '-n', String(dev.id));
   });
 });

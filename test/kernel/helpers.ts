@@ -53,7 +53,7 @@ export const MNT = '/tmp/ublk-mnt';
 /** After each test: no mount, no device, no scratch file left (the guest's tmpfs is its RAM). */
 export function delAll(): void {
   sh(`mountpoint -q ${MNT} && umount ${MNT} || true`);
-  cli('del', '--all');
+  cli('del', '--all', '--force'); // a test's fio may still hold a device: it is killed only after this
   fs.rmSync(path.join('/tmp', 'ublk-ts-test'), { recursive: true, force: true });
   // A tool that opened /dev/ublkbN after its device was gone made a regular file there (on the guest's RAM):
   // it must not be taken for the next device of that number.
@@ -103,7 +103,7 @@ export async function readsInFlight(id: number, n: number, polls: number): Promi
 }
 
 /**
- * Deletes the device through the API the CLI calls, in this process (under emulation with fio busy, a fresh
+ * Deletes the device through the API `del --force` calls, in this process (under emulation with fio busy, a fresh
  * node process alone takes seconds), and says it took under 5 s and that `load` on it ended within a minute.
  */
 export async function deletePromptly(id: number, load: { exit: Promise<number | null> }, what: string): Promise<void> {

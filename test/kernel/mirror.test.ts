@@ -1,6 +1,6 @@
 // The mirror target on the real driver: fio's verification over 2 and 3 legs that end byte-identical, a
 // leg that dies mid-run under a mounted filesystem (device-mapper switched to its error table) without the
-// writer noticing, a failed read served from another leg, what survives of a mirror mounting alone, and
+// writer noticing, a failed read served from another leg, a mirror added again with its dead leg starting degraded, and
 // block-device legs: the block size and discard all legs take, a discard that reaches each as a discard.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -51,9 +51,10 @@ describe.each([
     const dir = scratch(`mirror-${legs}-${mode}`);
     const files = Array.from({ length: legs }, (_, i) => path.join(dir, `leg${i}.img`));
     sh(files.map((f) => `truncate -s 128M ${f}`).join(' && '));
-    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', ...files.flatMap((f) => ['--leg', f]), '--data-mode', mode, '--queues', '2');
-    expect(dev.size).toBe(128 << 20);
-    expect(listed(dev.id).info).toMatchObject({ mirror: 'clean', legs: Array(legs).fill('ok').join(','), file: files.join(',') });
+    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', ...files.flatMap((f) => ['--leg', f]), '--assume-clean', '--data-mode', mode, '--queues', '2');
+    // The legs' last 8 KiB hold the superblock and the bitmap.
+    expect(dev.size).toBe((128 << 20) - 8192);
+    expect(listed(dev.id).info).toMatchObject({ mirror: 'clean', legs: Array(legs).fill('in-sync').join(','), file: files.join(','), dataSize: dev.size });
     const size = mode === 'auto' ? '128M' : '64M';
     const job = fioJob(sh(`fio --output-format=json --name=verify --filename=${dev.blockDevice} ${VERIFY} --size=${size}`));
     expect(job.error).toBe(0);
@@ -63,7 +64,7 @@ describe.each([
     expect(sh(`cmp -n 3M -i 1M ${dev.blockDevice} /dev/zero && echo same`).trim()).toBe('same');
     expect(listed(dev.id).info.mirror).toBe('clean');
     cliJson('del', '-n', String(dev.id));
-    for (const f of files.slice(1)) expect(sh(`cmp ${files[0]} ${f} && echo same`).trim()).toBe('same');
+    for (const f of files.slice(1)) expect(sh(`cmp -n ${dev.size} ${files[0]} ${f} && echo same`).trim()).toBe('same');
     expect(sh(`cmp -n 1M -i 8196k:0 ${files[0]} /dev/zero && echo zero`).trim()).toBe('zero');
   });
 });
@@ -74,7 +75,7 @@ describe('mirror with a failing leg', () => {
     const good = path.join(dir, 'good.img');
     sh(`truncate -s 128M ${good} ${dir}/back.img`);
     const dm = dmDevice('ublk-ts-leg', `${dir}/back.img`, (loop) => `0 262144 linear ${loop} 0\\n`);
-    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', good, '--leg', dm, '--queues', '2');
+    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', good, '--leg', dm, '--assume-clean', '--queues', '2');
     sh(`mkfs.ext4 -q -F ${dev.blockDevice} && mkdir -p ${MNT} && mount ${dev.blockDevice} ${MNT}`);
     sh(`for i in 1 2 3 4; do head -c 3M /dev/urandom > ${MNT}/before$i; done && sync`);
 
@@ -92,17 +93,18 @@ describe('mirror with a failing leg', () => {
     expect(fioJob(out).error).toBe(0);
 
     const d = await failedLeg(dev.id);
-    expect(d.info).toMatchObject({ mirror: 'degraded', legs: 'ok,failed' });
+    expect(d.info).toMatchObject({ mirror: 'degraded', legs: 'in-sync,failed' });
     expect(String(d.info.leg2)).toMatch(/^failed: (write|flush|read) at byte \d+: EIO/);
-    expect(fs.readFileSync(dev.log, 'utf8')).toMatch(/target status: .*"legs":"ok,failed"/);
+    expect(fs.readFileSync(dev.log, 'utf8')).toMatch(/target status: .*"legs":"in-sync,failed"/);
     // Still a working disk: more writes, on the one leg left.
     sh(`head -c 5M /dev/urandom > ${MNT}/after && sync && cd ${MNT} && sha256sum before* after fio.dat > ${dir}/sums`);
     sh(`umount ${MNT}`);
     cliJson('del', '-n', String(dev.id));
     sh(`e2fsck -fn ${good}`);
 
-    const alone = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', good, '--queues', '2');
-    expect(listed(alone.id).info).toMatchObject({ mirror: 'clean', legs: 'ok' });
+    // Added again with both legs, the dead one still dead: the mirror starts degraded, from the good leg.
+    const alone = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', good, '--leg', dm, '--queues', '2');
+    expect(listed(alone.id).info).toMatchObject({ mirror: 'degraded', legs: 'in-sync,failed' });
     sh(`mount ${alone.blockDevice} ${MNT}`);
     expect(sh(`cd ${MNT} && sha256sum -c ${dir}/sums`).match(/: OK$/gm)?.length).toBe(6);
   });
@@ -110,26 +112,26 @@ describe('mirror with a failing leg', () => {
   it('a read that fails on one leg is served by the other; the failing leg is dropped', async () => {
     const dir = scratch('mirror-read');
     sh(`head -c 16M /dev/urandom > ${dir}/good.img && cp ${dir}/good.img ${dir}/back.img`);
-    // The leg's second half reads as errors.
-    const dm = dmDevice('ublk-ts-half', `${dir}/back.img`, (loop) => `0 16384 linear ${loop} 0\\n16384 16384 error\\n`);
-    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', dm, '--leg', `${dir}/good.img`, '--queues', '1');
+    // The leg's first half reads as errors (its end, where the metadata is, does not).
+    const dm = dmDevice('ublk-ts-half', `${dir}/back.img`, (loop) => `0 16384 error\\n16384 16384 linear ${loop} 16384\\n`);
+    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', dm, '--leg', `${dir}/good.img`, '--assume-clean', '--claim-legs', '--queues', '1');
     sh(`dd if=${dev.blockDevice} of=${dir}/read.bin bs=64k iflag=direct status=none`);
-    expect(sh(`cmp ${dir}/read.bin ${dir}/good.img && echo same`).trim()).toBe('same');
+    expect(sh(`cmp -n ${dev.size} ${dir}/read.bin ${dir}/good.img && echo same`).trim()).toBe('same');
     const d = await failedLeg(dev.id);
-    expect(d.info).toMatchObject({ mirror: 'degraded', legs: 'failed,ok' });
+    expect(d.info).toMatchObject({ mirror: 'degraded', legs: 'failed,in-sync' });
     expect(String(d.info.leg1)).toMatch(/^failed: read at byte \d+: EIO/);
-    expect(Number(/at byte (\d+)/.exec(String(d.info.leg1))?.[1])).toBeGreaterThanOrEqual(8 << 20);
+    expect(Number(/at byte (\d+)/.exec(String(d.info.leg1))?.[1])).toBeLessThan(8 << 20);
   });
 
   it('the last healthy leg is never dropped: its errors reach the reader, and the rest of it is served', async () => {
     const dir = scratch('mirror-last');
     sh(`truncate -s 16M ${dir}/back.img`);
-    const dm = dmDevice('ublk-ts-last', `${dir}/back.img`, (loop) => `0 16384 linear ${loop} 0\\n16384 16384 error\\n`);
+    const dm = dmDevice('ublk-ts-last', `${dir}/back.img`, (loop) => `0 16384 error\\n16384 16384 linear ${loop} 16384\\n`);
     const dev = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', dm, '--queues', '1');
-    expect(() => sh(`dd if=${dev.blockDevice} of=/dev/null bs=64k skip=128 count=1 iflag=direct status=none`)).toThrow(/Input\/output error/);
-    sh(`dd if=${dev.blockDevice} of=/dev/null bs=64k count=128 iflag=direct status=none`);
+    expect(() => sh(`dd if=${dev.blockDevice} of=/dev/null bs=64k count=1 iflag=direct status=none`)).toThrow(/Input\/output error/);
+    sh(`dd if=${dev.blockDevice} of=/dev/null bs=64k skip=128 count=127 iflag=direct status=none`);
     await sleep(1500);
-    expect(listed(dev.id).info).toMatchObject({ mirror: 'clean', legs: 'ok' });
+    expect(listed(dev.id).info).toMatchObject({ mirror: 'clean', legs: 'in-sync' });
   });
 });
 
@@ -137,7 +139,7 @@ describe('mirror over block-device legs', () => {
   it('a 512-byte leg first, then a 4096-byte one with coarser, shorter discard: the mirror takes 4096 and the discard both share, and discards each leg', async () => {
     const dir = scratch('mirror-blocks');
     const legs = [loopDevice(`${dir}/leg.img`, '16M', 512), await scsiDebug(SCSI_DEBUG_4K_DISCARD)];
-    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', ...legs.flatMap((l) => ['--leg', l]), '--queues', '1');
+    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', ...legs.flatMap((l) => ['--leg', l]), '--assume-clean', '--queues', '1');
     expectScsiDebug4kLimits(dev.blockDevice);
     sh(`head -c 4M /dev/urandom > ${dir}/data && dd if=${dir}/data of=${dev.blockDevice} bs=1M oflag=direct status=none`);
     const before = legs.map(discardedSectors);
@@ -160,19 +162,26 @@ describe('mirror over block-device legs', () => {
 });
 
 describe('mirror refuses', () => {
-  it('no leg, a missing leg, the same leg twice, legs of different sizes: one line each, no device', () => {
+  it("no leg, a missing leg, the same leg twice, legs out of order, another mirror's leg, data where the metadata goes: one line each, no device", () => {
     const dir = scratch('mirror-bad');
-    sh(`truncate -s 16M ${dir}/a.img ${dir}/c.img && truncate -s 32M ${dir}/b.img && ln -s ${dir}/a.img ${dir}/link.img`);
-    const refused = (...args: string[]) => {
+    sh(`truncate -s 16M ${dir}/a.img ${dir}/c.img ${dir}/x.img ${dir}/y.img && ln -s ${dir}/a.img ${dir}/link.img && head -c 16M /dev/urandom > ${dir}/full.img`);
+    // 2: a mistake in the arguments; 5: the legs themselves refuse (their metadata)
+    const refused = (status: number, ...args: string[]) => {
       const r = cli('add', '--target', 'mirror', ...args);
-      expect(r.status).toBe(2);
+      expect(r.status, r.stderr).toBe(status);
       expect(r.stderr.trim().split('\n')).toHaveLength(1);
       return r.stderr;
     };
-    expect(refused()).toMatch(/at least one --leg/);
-    expect(refused('--leg', `${dir}/nope.img`)).toMatch(/--leg .*nope.img does not exist/);
-    expect(refused('--leg', `${dir}/a.img`, '--leg', `${dir}/link.img`)).toMatch(/same file as --leg/);
-    expect(refused('--leg', `${dir}/a.img`, '--leg', `${dir}/c.img`, '--leg', `${dir}/b.img`)).toMatch(/one size.*16777216.*33554432/);
+    expect(refused(2)).toMatch(/at least one --leg/);
+    expect(refused(2, '--leg', `${dir}/nope.img`)).toMatch(/--leg .*nope.img does not exist/);
+    expect(refused(2, '--leg', `${dir}/a.img`, '--leg', `${dir}/link.img`)).toMatch(/same file as --leg/);
+    for (const pair of [['a', 'c'], ['x', 'y']]) {
+      const made = cliJson<AddedDevice>('add', '--target', 'mirror', ...pair.flatMap((l) => ['--leg', `${dir}/${l}.img`]), '--assume-clean', '--queues', '1');
+      cliJson('del', '-n', String(made.id));
+    }
+    expect(refused(5, '--leg', `${dir}/c.img`, '--leg', `${dir}/a.img`)).toMatch(/--leg 1 is leg 2 of this mirror: give the legs in their order/);
+    expect(refused(5, '--leg', `${dir}/a.img`, '--leg', `${dir}/y.img`)).toMatch(/--leg [12] belongs to another mirror/);
+    expect(refused(5, '--leg', `${dir}/full.img`)).toMatch(/--leg 1 holds data where the mirror's metadata would go .*--claim-legs/);
     expect(cliJson<unknown[]>('list')).toEqual([]);
   });
 });

@@ -133,7 +133,7 @@ describe('teardown under load', () => {
     const dd = inBackground('dd', [`if=${pattern}`, `of=${dev.blockDevice}`, 'bs=64k', 'seek=512', 'oflag=direct']);
     await waitFor('every tag busy', () => inflight(dev.id).reduce((a, b) => a + b, 0) >= 32, 30_000);
     await sleep(1500);
-    if (how === 'del') expect(cli('del', '-n', String(dev.id)).status).toBe(0);
+    if (how === 'del') expect(cli('del', '--force', '-n', String(dev.id)).status).toBe(0); // fio still has it open
     else process.kill(dev.pid, how);
     expect(await hung(fio.exit, 60_000)).not.toBe('hung');
     expect(await hung(dd.exit, 60_000)).not.toBe('hung');

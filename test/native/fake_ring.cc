@@ -110,10 +110,20 @@ void io_uring_queue_exit(struct io_uring *ring)
 	K(ring)->ring_open = false;
 }
 
-int io_uring_register_files(struct io_uring *ring, const int *, unsigned nr)
+int io_uring_register_files(struct io_uring *ring, const int *files, unsigned nr)
 {
 	K(ring)->nr_files = nr;
+	K(ring)->files.assign(files, files + nr);
 	return 0;
+}
+
+int io_uring_register_files_update(struct io_uring *ring, unsigned off, const int *files, unsigned nr)
+{
+	fake_kernel *k = K(ring);
+	if (off + nr > k->files.size())
+		return -EINVAL;
+	std::copy(files, files + nr, k->files.begin() + off);
+	return (int)nr;
 }
 
 int io_uring_register_buffers_sparse(struct io_uring *ring, unsigned nr)

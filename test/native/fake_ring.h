@@ -29,6 +29,7 @@ struct fake_kernel {
 	/* What setup asked for. */
 	struct io_uring_params params {};
 	unsigned sq_entries = 0, nr_files = 0, nr_sparse_bufs = 0;
+	std::vector<int> files; /* the fixed files, as registered and updated */
 
 	/* Submitted SQEs the test has not answered yet, and every SQE ever submitted, in order. */
 	std::deque<struct io_uring_sqe> pending;

@@ -3,21 +3,41 @@
  * results fold. */
 #include <errno.h>
 #include <linux/falloc.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "harness.h"
 
 enum { R = UBLK_IO_OP_READ, W = UBLK_IO_OP_WRITE, FLUSH = UBLK_IO_OP_FLUSH, DISCARD = UBLK_IO_OP_DISCARD };
+static const off_t LEG_BYTES = 1 << 20;
 
-/* A started queue on the real target `name` over n legs (fixed files 1..n; their fds are never used: the
- * test is the kernel), with the options its index.ts passes. Every case ends with a clean stop. */
+/* A 1 MiB leg in memory: a mirror reads and writes its metadata there (the fake ring moves no data). */
+static int memory_leg()
+{
+	int fd = memfd_create("leg", 0);
+	CHECK(fd >= 0 && ftruncate(fd, LEG_BYTES) == 0);
+	return fd;
+}
+
+/* The mirror options index.ts passes for legs that start the same. */
+static const std::map<std::string, int64_t> MIRROR_CLEAN = {{"assume-clean", 1}, {"bitmap-chunk-shift", 16}, {"lbs", 512}};
+
+/* A started queue on the real target `name` over legs (fixed files 1..n): stripe's are numbers it never
+ * uses (the test is the kernel), a mirror's are memory legs (memory_leg) unless given. With the options its
+ * index.ts passes. Every case ends with a clean stop. */
 struct legs_rig : harness {
 	const struct target_ops *ops;
-	legs_rig(const char *name, unsigned n, std::map<std::string, int64_t> nums = {})
+	std::vector<int> mine;
+	legs_rig(const char *name, unsigned n, std::map<std::string, int64_t> nums = {}, std::vector<int> fds = {})
 		: harness(MODE_AUTO_LEASE, 4, 1 << 20, target_find(name)), ops(target_find(name))
 	{
-		for (unsigned i = 0; i < n; i++)
-			dev.tgt.cfg.fds.push_back(100 + i);
+		bool mirror = std::string(name) == "mirror";
+		for (unsigned i = 0; fds.empty() && i < n; i++)
+			mine.push_back(mirror ? memory_leg() : 100 + (int)i);
+		dev.tgt.cfg.fds = fds.empty() ? mine : fds;
 		dev.tgt.cfg.nums = std::move(nums);
+		if (mirror)
+			dev.tgt.cfg.nums.insert(MIRROR_CLEAN.begin(), MIRROR_CLEAN.end());
 		CHECK_EQ(ops->init(&dev.tgt), 0);
 		start();
 	}
@@ -25,6 +45,9 @@ struct legs_rig : harness {
 	{
 		CHECK(stop());
 		ops->deinit(&dev.tgt);
+		for (int fd : mine)
+			if (ops == target_find("mirror"))
+				close(fd);
 	}
 	std::string status() const { return ops->status(&dev.tgt); }
 	/* The legs tag's unanswered members are on: bit i for fixed file i + 1. */
@@ -198,7 +221,7 @@ TEST(mirror_a_failed_read_is_retried_on_the_next_healthy_leg)
 	legs_rig h("mirror", 3);
 	h.request(0, R, 8192, 4096);
 	h.answer_members(0, 1);
-	CHECK_CONTAINS(h.status(), "\"mirror\":\"degraded\",\"legs\":\"failed,ok,ok\"");
+	CHECK_CONTAINS(h.status(), "\"mirror\":\"degraded\",\"legs\":\"failed,in-sync,in-sync\"");
 	CHECK_CONTAINS(h.status(), "\"leg1\":\"failed: read at byte 8192: EIO");
 	CHECK_EQ(h.legs_of(0), 0b010);
 	h.answer_members(0, 2, -ENODATA);
@@ -215,7 +238,7 @@ TEST(mirror_a_leg_ending_inside_a_read_is_failed_and_the_read_retried)
 	h.request(0, R, 0, 4096);
 	h.complete(UD_MEMBER, 0, 0, 0);
 	CHECK_EQ(h.legs_of(0), 0b10);
-	CHECK_CONTAINS(h.status(), "\"legs\":\"failed,ok\"");
+	CHECK_CONTAINS(h.status(), "\"legs\":\"failed,in-sync\"");
 	h.answer_members(0);
 	CHECK_EQ(h.result(0), 4096);
 }
@@ -248,7 +271,7 @@ TEST(mirror_a_failed_leg_gets_no_more_io)
 {
 	legs_rig h("mirror", 3);
 	CHECK_EQ(write_failing_on(h, 0, 2), 4096); /* the other legs have the data */
-	CHECK_CONTAINS(h.status(), "\"legs\":\"ok,failed,ok\",\"leg2\":\"failed: write at byte 0: EIO");
+	CHECK_CONTAINS(h.status(), "\"legs\":\"in-sync,failed,in-sync\",\"leg2\":\"failed: write at byte 0: EIO");
 	h.request(1, W, 0, 4096);
 	CHECK_EQ(h.legs_of(1), 0b101);
 	h.request(2, FLUSH, 0, 0);
@@ -268,7 +291,7 @@ TEST(mirror_the_last_healthy_leg_failing_fails_the_request)
 	legs_rig h("mirror", 2);
 	CHECK_EQ(write_failing_on(h, 0, 1), 4096);
 	CHECK_EQ(write_failing_on(h, 1, 2, -ENOSPC), -ENOSPC);
-	CHECK_CONTAINS(h.status(), "\"legs\":\"failed,ok\""); /* never marked: there is always a leg to read */
+	CHECK_CONTAINS(h.status(), "\"legs\":\"failed,in-sync\""); /* never marked: there is always a leg to read */
 	h.request(2, R, 0, 4096);
 	h.complete(UD_MEMBER, 2, 0, -EIO);
 	CHECK_EQ(h.result(2), -EIO); /* nowhere else to read it */
@@ -323,5 +346,66 @@ TEST(mirror_a_failed_block_discard_fails_its_leg_but_one_that_cannot_discard_doe
 	h.complete(UD_TARGET_REQ, 0, 1, -EOPNOTSUPP); /* the block layer writes zeroes instead */
 	h.complete(UD_TARGET_REQ, 0, 2, -EIO);
 	CHECK_EQ(h.result(0), -EOPNOTSUPP);
-	CHECK_CONTAINS(h.status(), "\"legs\":\"ok,failed\",\"leg2\":\"failed: discard at byte 0: EIO");
+	CHECK_CONTAINS(h.status(), "\"legs\":\"in-sync,failed\",\"leg2\":\"failed: discard at byte 0: EIO");
+}
+
+/* ---- mirror: what lives on the legs ---- */
+
+/* A 1 MiB leg: superblock in its last 4 KiB, the bitmap in the 4 KiB before (16 chunks of 64 KiB). */
+static const off_t BITMAP_AT = LEG_BYTES - 8192;
+
+static uint8_t bitmap_byte(int fd)
+{
+	uint8_t b = 0;
+	CHECK_EQ(pread(fd, &b, 1, BITMAP_AT), 1);
+	return b;
+}
+
+TEST(mirror_a_write_to_a_clean_chunk_has_its_bit_on_every_leg_before_its_members_go)
+{
+	legs_rig h("mirror", 2);
+	h.request(0, W, 3 * 65536 + 4096, 4096);
+	CHECK_EQ(h.legs_of(0), 0b11);
+	for (int fd : h.mine)
+		CHECK_EQ(bitmap_byte(fd), 1u << 3);
+	h.answer_members(0);
+	CHECK_EQ(h.result(0), 4096);
+	h.request(1, W, 3 * 65536, 4096); /* a dirty chunk: no bitmap write, the members go at once */
+	CHECK_EQ(h.legs_of(1), 0b11);
+	h.answer_members(1);
+}
+
+TEST(mirror_a_leg_that_failed_is_resynced_by_the_next_mirror_over_the_same_legs)
+{
+	std::vector<int> fds = {memory_leg(), memory_leg()};
+	{
+		legs_rig h("mirror", 2, {}, fds);
+		CHECK_EQ(write_failing_on(h, 0, 2), 4096);
+	}
+	/* The failure was in leg 1's superblock before the write completed: the next mirror never reads leg 2
+	 * before it is resynced. */
+	legs_rig again("mirror", 2, {{"resync-rate", 1}}, fds); /* the resync stays at its first chunk */
+	CHECK_CONTAINS(again.status(), "\"legs\":\"in-sync,resyncing\"");
+	for (uint16_t tag = 0; tag < 2; tag++) {
+		again.request(tag, R, 0, 4096);
+		CHECK_EQ(again.legs_of(tag), 0b01);
+		again.answer_members(tag);
+	}
+	for (int fd : fds)
+		close(fd);
+}
+
+TEST(mirror_an_added_legs_file_is_in_the_ring_before_its_first_member)
+{
+	legs_rig h("mirror", 2);
+	int fd = memory_leg();
+	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "add-leg " + std::to_string(fd) + " 0"), "\"ok\":true");
+	CHECK_EQ(h.k.files.size(), 1u + MAX_MEMBERS); /* /dev/ublkcN and a slot per possible leg */
+	h.request(0, W, 0, 4096);
+	CHECK_EQ(h.legs_of(0), 0b111);
+	CHECK_EQ(h.k.files[3], fd);
+	h.answer_members(0);
+	CHECK_EQ(h.result(0), 4096);
+	CHECK_CONTAINS(h.status(), "\"legs\":\"in-sync,in-sync,");
+	close(fd);
 }

@@ -1,0 +1,161 @@
+/*
+ * mirror: the state one mirror shares between its queue threads, its sync thread and JavaScript.
+ *
+ * What must outlive the server lives on the legs (meta.cc): each leg ends with a superblock (the array's
+ * uuid, an event counter, every leg's state and resync position) and a write-intent bitmap (one bit per
+ * chunk: set and durable before the first write to a clean chunk, cleared lazily once every leg has it).
+ * Reads go to in-sync legs only; writes to in-sync and resyncing legs; the sync thread (sync.cc) copies
+ * what a returning leg missed, checkpoints, clears bits and scrubs.
+ */
+#pragma once
+#include <stdint.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../../native/target.h"
+
+/* A write has one member per leg. */
+#define MAX_LEGS MAX_MEMBERS
+
+enum leg_state : uint8_t {
+	LEG_IN_SYNC = 0, /* read and written */
+	LEG_FAILED = 1,  /* neither: it misses writes from here on */
+	LEG_RESYNC = 2,  /* written, not read, until the sync thread has copied what it missed */
+	LEG_EMPTY = 3,   /* a slot with no leg (removed) */
+};
+
+/* A chunk's word: writes in flight (low 16 bits), its bit in the bitmap (SET: durable on the legs; WANT: a
+ * write waits for it), and a count of writes started (high bits, wrapping), by which a copy tells that a
+ * write overtook it. */
+#define CHUNK_INFLIGHT 0xffffu
+#define CHUNK_SET (1u << 16)
+#define CHUNK_WANT (1u << 17)
+#define CHUNK_WRITE ((1u << 18) | 1u)
+static inline uint32_t chunk_gen(uint32_t w)
+{
+	return w >> 18;
+}
+
+struct leg {
+	std::atomic<int> fd{-1};
+	uint64_t size;       /* bytes */
+	uint64_t sb_off;     /* its superblock */
+	uint64_t bitmap_off; /* its bitmap */
+	std::atomic<uint8_t> state{LEG_IN_SYNC};
+	std::atomic<bool> full{false};   /* resync every chunk (a new leg), not only the bitmap's */
+	std::atomic<uint64_t> pos{0};    /* resync: chunks below this one are done */
+	int replaces = -1;               /* under lock: once in sync, it takes this slot's place */
+	uint64_t full_from = 0;          /* with full: every chunk from here on is copied, below only the bitmap's */
+	/* Why it failed, for status(): written under the mirror's lock, published by `known`. */
+	std::atomic<int> err{0};
+	std::atomic<uint8_t> op{0};
+	std::atomic<uint64_t> off{0};
+	std::atomic<bool> known{false};
+};
+
+struct scrub {
+	std::atomic<bool> requested{false}, running{false}, repair{false};
+	std::atomic<int> from{-1};            /* --repair's source leg, or -1: the majority, else the first */
+	std::atomic<uint64_t> pos{0};         /* chunks checked */
+	std::atomic<uint64_t> mismatched{0};  /* bytes */
+	std::atomic<uint64_t> repaired{0};    /* bytes */
+	std::mutex lock;                      /* ranges */
+	std::string ranges;                   /* "off+len,..." of the first mismatches */
+	unsigned nr_ranges = 0;
+};
+
+struct mirror {
+	std::atomic<unsigned> n;            /* slots in use; grows with add-leg */
+	std::atomic<uint32_t> block_discard; /* bit i: leg i discards with a block discard */
+	/* Bumped (after the fd, before the masks) when a slot's fd changes: each queue puts the slots' fds
+	 * into its ring before it sends a member to them. */
+	std::atomic<uint32_t> files_gen{0};
+	std::atomic<uint32_t> readable;     /* bit i: leg i is in sync */
+	std::atomic<uint32_t> writable;     /* bit i: leg i is in sync or resyncing */
+	struct leg legs[MAX_LEGS];
+
+	/* The array: written under `lock` (the superblocks and bitmap blocks on the legs are written under
+	 * it too, so two writes of one block never cross). */
+	std::mutex lock;
+	uint8_t uuid[16];
+	std::atomic<uint64_t> events{0}; /* read by status() without the lock */
+	uint64_t events_cleared = 0;
+	uint64_t data_size = 0;
+	unsigned chunk_shift = 16;
+	uint64_t nr_chunks = 0;
+	bool meta_error = false;            /* a superblock could not be written to the last in-sync leg */
+	void *meta_buf = nullptr;           /* 4 KiB aligned scratch for metadata writes, under lock */
+	std::unique_ptr<std::atomic<uint32_t>[]> chunks;
+	std::unique_ptr<std::atomic<uint8_t>[]> idle; /* a sweep found the chunk idle; a write clears it */
+
+	/* The sync thread. */
+	std::thread thread;
+	std::mutex thread_lock;
+	std::condition_variable wake;
+	bool stop = false;
+	uint64_t rate = 0;                  /* resync bytes per second; 0: as fast as the legs go */
+	std::atomic<uint64_t> resync_copied{0}, resync_total{0}, resync_done{0};
+	std::atomic<uint64_t> resync_started_ns{0};
+	std::mutex note_lock;               /* never held across IO: status() takes it on the JavaScript thread */
+	std::string last_event;             /* the sync thread's last note (started, ended) */
+	struct scrub scrub;
+};
+
+static inline uint64_t chunk_bytes(const struct mirror *m)
+{
+	return 1ull << m->chunk_shift;
+}
+
+/* meta.cc */
+enum { LEG_READ, LEG_WRITE, LEG_WRITE_DSYNC };
+/* A whole transfer to or from a leg outside the rings (pread/pwrite); a short one is -EIO. */
+int leg_io(int fd, void *buf, size_t len, uint64_t off, int how);
+/* Reads the legs' superblocks and settles the array (a new one, or the legs' own, with the freshest
+ * legs winning); writes the superblocks back, marked in use. 0 or -errno with t->error set. */
+int mirror_assemble(struct target *t, struct mirror *m);
+/* Under m->lock: bumps the event counter and writes every writable leg's superblock. A leg whose write
+ * fails is marked failed (unless it is the last in-sync one). */
+void meta_write_sb_locked(struct mirror *m, bool clean);
+/* Under m->lock: writes the bitmap blocks holding chunks [c0, c1] to every writable leg; a bit a write
+ * waits for (WANT) is in them, and SET once they are written. */
+void meta_write_bitmap_locked(struct mirror *m, uint64_t c0, uint64_t c1);
+/* Chunks per bitmap block. */
+#define BITMAP_BLOCK_CHUNKS (4096u * 8)
+/* Marks leg i failed (unless it is the last in-sync leg) and records it on the others before returning.
+ * Returns whether it is failed now. */
+bool mirror_fail_leg(struct mirror *m, unsigned i, uint8_t op, uint64_t off, int err);
+/* Under m->lock: leg i fails (its bits leave both masks); the caller writes the superblocks. */
+void mirror_drop_leg_locked(struct mirror *m, unsigned i, uint8_t op, uint64_t off, int err);
+/* The clean stop: superblocks marked clean. */
+void mirror_close(struct mirror *m);
+/* A failed or removed leg takes writes again and is resynced: from the bitmap if its own superblock is
+ * recent enough, else whole. 0 or -errno. */
+int mirror_readd(struct mirror *m, unsigned i);
+/* A leg the running mirror did not start with, in a new slot (fd owned by the caller, open until the
+ * device stops), resynced whole; with replaces >= 0, once in sync it takes that slot's place and the old
+ * leg leaves. Returns its slot, or -errno with *why. */
+int mirror_add_leg(struct mirror *m, int fd, bool block_discard, int replaces, std::string *why);
+/* Under lock: a new leg that replaced another is in sync: it moves into the old one's slot. */
+void mirror_swap_in_locked(struct mirror *m, unsigned from);
+/* A failed leg leaves the array (its slot is empty; the bitmap may be cleared without it). -EBUSY if it
+ * is not failed. */
+int mirror_remove(struct mirror *m, unsigned i);
+
+/* sync.cc */
+uint64_t now_ns();
+void sync_start(struct mirror *m);
+void sync_stop(struct mirror *m);
+void sync_kick(struct mirror *m);
+
+/* verbs.cc */
+/* `ublk-ts mirror <verb>`: "fail L", "re-add L", "remove L", "check [repair [L]]" (L from 1). Returns
+ * {"ok":true,"message":...} or {"ok":false,"error":...}. On libuv's pool: it may block. */
+std::string mirror_command(struct mirror *m, const std::string &cmd);
+/* The flat JSON object `list` merges into the device's info. */
+std::string mirror_status_json(struct mirror *m);

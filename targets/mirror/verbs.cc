@@ -1,0 +1,186 @@
+/*
+ * mirror: its verbs (`ublk-ts mirror fail|re-add|remove|check`, through the server's control socket) and
+ * the status `list` and `mirror status` show.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include <sstream>
+
+#include "mirror.h"
+
+static std::string ok(const std::string &msg)
+{
+	return "{\"ok\":true,\"message\":\"" + msg + "\"}";
+}
+
+static std::string refused(const std::string &why)
+{
+	return "{\"ok\":false,\"error\":\"" + why + "\"}";
+}
+
+static const char *state_name(uint8_t s)
+{
+	switch (s) {
+	case LEG_IN_SYNC:
+		return "in-sync";
+	case LEG_FAILED:
+		return "failed";
+	case LEG_RESYNC:
+		return "resyncing";
+	}
+	return "empty";
+}
+
+static const char *op_name(uint8_t op)
+{
+	switch (op) {
+	case UBLK_IO_OP_READ:
+		return "read";
+	case UBLK_IO_OP_WRITE:
+		return "write";
+	case UBLK_IO_OP_FLUSH:
+		return "flush";
+	case UBLK_IO_OP_DISCARD:
+		return "discard";
+	case UBLK_IO_OP_WRITE_ZEROES:
+		return "write-zeroes";
+	}
+	return "request";
+}
+
+static std::string errno_text(int err)
+{
+	const char *name = strerrorname_np(err), *desc = strerrordesc_np(err);
+	return (name ? name : "errno " + std::to_string(err)) + (desc ? std::string(" (") + desc + ")" : "");
+}
+
+std::string mirror_command(struct mirror *m, const std::string &cmd)
+{
+	std::istringstream in(cmd);
+	std::string verb, arg;
+	in >> verb;
+	if (verb == "check") {
+		struct scrub *s = &m->scrub;
+		bool repair = false;
+		int from = -1;
+		if (in >> arg) {
+			repair = arg == "repair";
+			if (!repair)
+				return refused("check takes repair [LEG]");
+			if (in >> from && (from < 1 || from > (int)m->n || m->legs[from - 1].state.load() != LEG_IN_SYNC))
+				return refused("--from " + std::to_string(from) + " is not an in-sync leg");
+			from -= from > 0;
+		}
+		if (s->running.load())
+			return refused("a check is running (" + std::to_string(s->pos.load() * 100 / std::max<uint64_t>(m->nr_chunks, 1)) + "%)");
+		if (__builtin_popcount(m->readable.load()) < 2)
+			return refused("a check needs two in-sync legs");
+		{
+			std::lock_guard<std::mutex> g(s->lock);
+			s->ranges.clear();
+			s->nr_ranges = 0;
+		}
+		s->pos = 0;
+		s->mismatched = 0;
+		s->repaired = 0;
+		s->repair = repair;
+		s->from = from;
+		s->running = true;
+		sync_kick(m);
+		return ok(repair ? "check and repair started" : "check started");
+	}
+	if (verb == "add-leg" || verb == "replace") {
+		/* From the server, which opened the new leg: "add-leg FD BLOCK_DISCARD", "replace L FD BLOCK_DISCARD". */
+		int old = 0, fd = -1, bd = 0;
+		if ((verb == "replace" && !(in >> old)) || !(in >> fd >> bd))
+			return refused("usage: " + verb);
+		std::string why;
+		int slot = mirror_add_leg(m, fd, bd != 0, old - 1, &why);
+		if (slot < 0)
+			return refused("the new leg " + why);
+		sync_kick(m);
+		return ok("leg " + std::to_string(slot + 1) + " is resyncing" +
+			  (verb == "replace" ? "; it takes leg " + std::to_string(old) + "'s place once in sync" : ""));
+	}
+	int leg = 0;
+	if (!(in >> leg) || leg < 1 || leg > (int)m->n)
+		return refused("--leg must be 1.." + std::to_string(m->n));
+	unsigned i = (unsigned)leg - 1;
+	std::string name = "leg " + std::to_string(leg);
+	if (verb == "fail") {
+		if (m->legs[i].state.load() == LEG_FAILED || m->legs[i].state.load() == LEG_EMPTY)
+			return ok(name + " is failed");
+		if (!mirror_fail_leg(m, i, 0, 0, 0))
+			return refused(name + " is the last in-sync leg: the mirror would have nothing to read");
+		return ok(name + " is failed");
+	}
+	if (verb == "re-add") {
+		int ret = mirror_readd(m, i);
+		if (ret < 0)
+			return refused(name + " cannot be written: " + errno_text(-ret));
+		sync_kick(m);
+		return ok(name + " is " + state_name(m->legs[i].state.load()));
+	}
+	if (verb == "remove") {
+		if (mirror_remove(m, i) < 0)
+			return refused(name + " is " + state_name(m->legs[i].state.load()) + ": only a failed leg is removed (fail it first)");
+		return ok(name + " is removed");
+	}
+	return refused("unknown mirror verb " + verb);
+}
+
+std::string mirror_status_json(struct mirror *m)
+{
+	std::string legs, why, state = "clean";
+	uint64_t lowest = UINT64_MAX;
+	for (unsigned i = 0; i < m->n; i++) {
+		const struct leg *l = &m->legs[i];
+		uint8_t s = l->state.load();
+		legs += std::string(i ? "," : "") + state_name(s);
+		if (s == LEG_RESYNC) {
+			state = "resyncing";
+			lowest = std::min(lowest, l->pos.load());
+		} else if (s != LEG_IN_SYNC && state == "clean") {
+			state = "degraded";
+		}
+		if (s == LEG_FAILED && l->known.load(std::memory_order_acquire)) {
+			int err = l->err.load(std::memory_order_relaxed);
+			why += ",\"leg" + std::to_string(i + 1) + "\":\"failed: " +
+			       (err ? std::string(op_name(l->op.load(std::memory_order_relaxed))) + " at byte " +
+					      std::to_string(l->off.load(std::memory_order_relaxed)) + ": " + errno_text(err)
+				    : std::string("by ublk-ts mirror fail")) +
+			       "\"";
+		}
+	}
+	std::string out = "{\"mirror\":\"" + state + "\",\"legs\":\"" + legs + "\"" + why;
+	out += ",\"dataSize\":" + std::to_string(m->data_size) + ",\"bitmapChunk\":" + std::to_string(chunk_bytes(m)) +
+	       ",\"events\":" + std::to_string(m->events.load());
+	out += ",\"resyncCopied\":" + std::to_string(m->resync_copied.load());
+	/* Which fd each slot has: the server keeps its saved --leg list in step with add-leg and replace. */
+	std::string fds;
+	for (unsigned i = 0; i < m->n.load(); i++)
+		fds += (i ? "," : "") + std::to_string(m->legs[i].fd.load());
+	out += ",\"legFds\":\"" + fds + "\"";
+	if (lowest != UINT64_MAX) {
+		double done = m->nr_chunks ? (double)lowest / (double)m->nr_chunks : 1;
+		double secs = (double)(now_ns() - m->resync_started_ns.load()) / 1e9;
+		double rate = secs > 0 ? (double)m->resync_copied.load() / secs : 0;
+		char num[128];
+		snprintf(num, sizeof(num), ",\"resync\":%.1f,\"resyncRate\":%.0f,\"resyncEta\":%.0f", done * 100, rate,
+			 done > 0 ? secs * (1 - done) / done : -1);
+		out += num;
+	}
+	const struct scrub *s = &m->scrub;
+	out += ",\"check\":\"" + std::string(s->running.load() ? "running" : s->pos.load() ? "done" : "never") + "\"";
+	if (s->running.load() || s->pos.load()) {
+		out += ",\"checkPercent\":" + std::to_string(s->pos.load() * 100 / std::max<uint64_t>(m->nr_chunks, 1)) +
+		       ",\"mismatched\":" + std::to_string(s->mismatched.load()) + ",\"repaired\":" + std::to_string(s->repaired.load());
+		std::lock_guard<std::mutex> g(const_cast<struct scrub *>(s)->lock);
+		out += ",\"mismatchRanges\":\"" + s->ranges + "\"";
+	}
+	std::lock_guard<std::mutex> g(m->note_lock);
+	if (!m->last_event.empty())
+		out += ",\"syncNote\":\"" + m->last_event + "\"";
+	return out + "}";
+}

@@ -1,0 +1,207 @@
+// A mirror that remembers: its legs' state and write-intent bitmap live on the legs, so after every kind of
+// boundary (kill -9 + recover, --restart, del + add, down + up) a leg that missed writes is never read
+// before it is resynced, and a resync copies only what was missed, resumes after a crash, and a scrub
+// finds and repairs what changed behind the device's back.
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  cli,
+  cliJson,
+  delAll,
+  dmDevice,
+  fioJob,
+  listed,
+  scratch,
+  sh,
+  stateOf,
+  waitFor,
+  type AddedDevice,
+} from './helpers.js';
+import type { Outcome } from '../../src/updown.js';
+
+afterEach(delAll);
+
+const info = (id: number) => listed(id).info;
+const same = (a: string, b: string, bytes: number) => sh(`cmp -n ${bytes} ${a} ${b} && echo same`).trim();
+const legsAre = (id: number, legs: string) => waitFor(`legs ${legs}`, () => info(id).legs === legs, 60_000);
+
+/** Switches a device-mapper leg between its data and an error table. */
+function dmTable(name: string, table: string): void {
+  sh(`printf '${table}' | dmsetup load --noudevsync ${name} && dmsetup resume --noudevsync ${name}`);
+}
+
+/** P2: 8 MiB that fio writes with checksums and later verifies (--verify_only), 16k at a time. */
+const p2 = (dev: string) => `--output-format=json --name=p2 --filename=${dev} --rw=write --bs=16k --size=8M --direct=1 --iodepth=16 --ioengine=io_uring --verify=crc32c --verify_fatal=1 --verify_state_save=0`;
+
+type Boundary = 'kill -9 + recover' | '--restart' | 'del + add' | 'down + up';
+
+describe.each<Boundary>(['kill -9 + recover', '--restart', 'del + add', 'down + up'])('a leg that missed writes, then %s', (boundary) => {
+  it('is resyncing, never read before it is in sync: every read returns P2, the legs end identical', async () => {
+    const dir = scratch(`stale-${boundary.replace(/\W+/g, '')}`);
+    const a = path.join(dir, 'a.img');
+    sh(`truncate -s 32M ${a} ${dir}/b.img && head -c 8M /dev/urandom > ${dir}/p1`);
+    const dm = 'ublk-ts-stale';
+    const linear = (loop: string) => `0 65536 linear ${loop} 0\\n`;
+    const b = dmDevice(dm, `${dir}/b.img`, linear);
+    const loop = sh(`dmsetup table ${dm}`).trim().split(/\s+/)[3];
+    // Slow enough that the resync of 8 MiB is still running when the boundary is crossed and checked.
+    const opts = { target: 'mirror', leg: [a, b], 'assume-clean': true, 'resync-rate': 1, queues: 2 };
+    const conf = path.join(dir, 'devices.json');
+    fs.writeFileSync(conf, JSON.stringify({ devices: { stale: opts } }));
+    const add = () => cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', a, '--leg', b, '--assume-clean', '--resync-rate', '1', '--queues', '2', ...(boundary === '--restart' ? ['--restart', '2'] : []));
+    const up = () => cliJson<{ devices: Outcome[] }>('up', 'stale', '--config', conf).devices[0].id!;
+    let id = boundary === 'down + up' ? up() : add().id;
+    const dev = `/dev/ublkb${id}`;
+
+    sh(`dd if=${dir}/p1 of=${dev} bs=1M oflag=direct status=none`);
+    dmTable(dm, '0 65536 error\\n');
+    expect(fioJob(sh(`fio ${p2(dev)} --do_verify=0`)).error).toBe(0);
+    expect(info(id).legs).toBe('in-sync,failed');
+    dmTable(dm, linear(loop)); // back, with P1 on it
+
+    const pid = listed(id).pid;
+    if (boundary === 'kill -9 + recover') {
+      process.kill(pid, 'SIGKILL');
+      cliJson('recover', '-n', String(id));
+    } else if (boundary === '--restart') {
+      process.kill(pid, 'SIGKILL');
+      await waitFor('a new server', () => stateOf(id) === 'live' && listed(id).pid !== pid, 60_000);
+    } else if (boundary === 'del + add') {
+      cliJson('del', '-n', String(id));
+      id = add().id;
+    } else {
+      cliJson('down', 'stale', '--config', conf);
+      id = up();
+    }
+    expect(info(id).legs).toBe('in-sync,resyncing');
+    // Reads spread over in-sync legs only: any read from leg 2 would find P1 where P2 belongs.
+    const during = fioJob(sh(`fio ${p2(`/dev/ublkb${id}`)} --verify_only`));
+    expect(during.error).toBe(0);
+    expect(during.read.io_bytes).toBe(8 << 20);
+    expect(info(id).legs).toBe('in-sync,resyncing'); // the verify ran while leg 2 was still stale
+    await legsAre(id, 'in-sync,in-sync');
+    expect(Number(info(id).resyncCopied)).toBeGreaterThanOrEqual(8 << 20);
+    expect(fioJob(sh(`fio ${p2(`/dev/ublkb${id}`)} --verify_only`)).error).toBe(0);
+    const size = Number(info(id).dataSize);
+    if (boundary === 'down + up') cliJson('down', 'stale', '--config', conf);
+    else cliJson('del', '-n', String(id));
+    expect(same(a, `${dir}/b.img`, size)).toBe('same');
+  });
+});
+
+/** Two 64 MiB file legs (1024 chunks of 64 KiB), the same from the start. */
+function twoLegs(name: string, ...extra: string[]) {
+  const dir = scratch(name);
+  const legs = [path.join(dir, 'a.img'), path.join(dir, 'b.img')];
+  sh(`truncate -s 64M ${legs.join(' ')}`);
+  const dev = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', legs[0], '--leg', legs[1], '--assume-clean', '--queues', '2', ...extra);
+  return { dir, legs, dev, size: Number(info(dev.id).dataSize) };
+}
+
+const verb = (...args: string[]) => cliJson<{ ok: boolean; message: string }>('mirror', ...args);
+
+describe('resync', () => {
+  it('of a leg that missed 1 % of the chunks copies those chunks only, and the legs end identical', async () => {
+    const { legs, dev, size } = twoLegs('resync-1pct');
+    const id = String(dev.id);
+    expect(verb('fail', '-n', id, '--leg', '2').message).toBe('leg 2 is failed');
+    expect(verb('fail', '-n', id, '--leg', '2').message).toBe('leg 2 is failed'); // safe to repeat
+    // A 4k write into every 100th chunk: 11 of 1024.
+    sh(`for c in $(seq 0 100 1023); do dd if=/dev/urandom of=${dev.blockDevice} bs=4k count=1 seek=$((c * 16)) oflag=direct status=none; done`);
+    expect(verb('re-add', '-n', id, '--leg', '2').message).toMatch(/^leg 2 is (resyncing|in-sync)$/);
+    await legsAre(dev.id, 'in-sync,in-sync');
+    expect(Number(info(dev.id).resyncCopied)).toBe(11 * 65536);
+    expect(fs.readFileSync(dev.log, 'utf8')).toMatch(/"syncNote":"resync of leg 2 ended"/);
+    cliJson('del', '-n', id);
+    expect(same(legs[0], legs[1], size)).toBe('same');
+  });
+
+  it('replace under fio verify (QD32, mixed sizes): never less redundant, zero errors, identical legs; add-leg makes three; kill -9 + recover serves the new legs', async () => {
+    const { dir, legs, dev, size } = twoLegs('replace', '--resync-rate', '4');
+    const id = String(dev.id);
+    sh(`head -c 32M /dev/urandom | dd of=${dev.blockDevice} bs=1M oflag=direct status=none`);
+    const [fresh, third] = [path.join(dir, 'new.img'), path.join(dir, 'third.img')];
+    sh(`truncate -s 64M ${fresh} ${third}`);
+    expect(verb('replace', '-n', id, '--leg', '2', '--with', fresh).message).toBe("leg 3 is resyncing; it takes leg 2's place once in sync");
+    expect(info(dev.id).legs).toBe('in-sync,in-sync,resyncing'); // the old leg serves until the new one is in sync
+    const fio = fioJob(sh(`fio --output-format=json --name=replace --filename=${dev.blockDevice} --ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-128k --iodepth=32 --size=16M --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0`));
+    expect(fio.error).toBe(0);
+    expect(info(dev.id).legs).toBe('in-sync,in-sync,resyncing'); // fio ran during the resync
+    await legsAre(dev.id, 'in-sync,in-sync');
+    expect(info(dev.id)).toMatchObject({ file: `${legs[0]},${fresh}`, resyncCopied: size });
+    expect(verb('add-leg', '-n', id, '--with', third).message).toBe('leg 3 is resyncing');
+    await legsAre(dev.id, 'in-sync,in-sync,in-sync');
+    // A later server opens the legs the mirror has now.
+    process.kill(listed(dev.id).pid, 'SIGKILL');
+    await waitFor('quiesced', () => stateOf(dev.id) !== 'live', 10_000);
+    cliJson('recover', '-n', id);
+    expect(info(dev.id).file).toBe(`${legs[0]},${fresh},${third}`);
+    await legsAre(dev.id, 'in-sync,in-sync,in-sync');
+    cliJson('del', '-n', id);
+    expect(same(legs[0], fresh, size)).toBe('same');
+    expect(same(legs[0], third, size)).toBe('same');
+  });
+
+  it('killed (-9) in the middle resumes after recover from its checkpoint, not from the start, and ends identical', async () => {
+    const dir = scratch('resync-resume');
+    const [a, b] = [path.join(dir, 'a.img'), path.join(dir, 'b.img')];
+    sh(`head -c 64M /dev/urandom > ${a} && truncate -s 64M ${b}`);
+    // leg 1 is the copy; --claim-legs: its random tail may take the metadata
+    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', a, '--leg', b, '--claim-legs', '--resync-rate', '8', '--queues', '1');
+    const size = Number(info(dev.id).dataSize);
+    await waitFor('half copied', () => Number(info(dev.id).resync ?? 0) > 50, 60_000);
+    process.kill(dev.pid, 'SIGKILL');
+    await waitFor('quiesced', () => stateOf(dev.id) !== 'live', 10_000);
+    cliJson('recover', '-n', String(dev.id));
+    await legsAre(dev.id, 'in-sync,in-sync');
+    // From a checkpoint at most a second (8 MiB) old: about half is left; a restart would copy it all.
+    const copied = Number(info(dev.id).resyncCopied);
+    expect(copied).toBeGreaterThan(0);
+    expect(copied).toBeLessThan(size * 0.7);
+    cliJson('del', '-n', String(dev.id));
+    expect(same(a, b, size)).toBe('same');
+  });
+});
+
+describe('check', () => {
+  it('finds a range corrupted on one leg behind the device, --repair rewrites it, a clean mirror reports zero', async () => {
+    const { legs, dev } = twoLegs('check');
+    const id = String(dev.id);
+    sh(`head -c 4M /dev/urandom | dd of=${dev.blockDevice} bs=1M oflag=direct status=none`);
+    const checked = async () => {
+      expect(verb('check', '-n', id).message).toBe('check started');
+      await waitFor('check done', () => info(dev.id).check === 'done', 60_000);
+      return info(dev.id);
+    };
+    expect((await checked()).mismatched).toBe(0);
+    // 128 KiB at 1 MiB of leg 2, behind the device's back
+    sh(`dd if=/dev/urandom of=${legs[1]} bs=64k count=2 seek=16 conv=notrunc status=none`);
+    const found = await checked();
+    expect(found.mismatched).toBe(131072);
+    expect(found.mismatchRanges).toBe('1048576+65536,1114112+65536');
+    expect(verb('check', '-n', id, '--repair', '--from', '1').message).toBe('check and repair started');
+    await waitFor('repair done', () => info(dev.id).check === 'done', 60_000);
+    expect(info(dev.id).repaired).toBe(131072);
+    expect((await checked()).mismatched).toBe(0);
+    expect(same(legs[0], legs[1], Number(info(dev.id).dataSize))).toBe('same');
+  });
+
+  it('verbs refuse in one line: a leg out of range, failing the last in-sync leg, a device that is not a mirror', () => {
+    const { dev } = twoLegs('verbs');
+    const id = String(dev.id);
+    const refused = (...args: string[]) => {
+      const r = cli('mirror', ...args);
+      expect(r.status, r.stderr).not.toBe(0);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      return r.stderr;
+    };
+    expect(refused('fail', '-n', id, '--leg', '3')).toMatch(/--leg must be 1..2/);
+    verb('fail', '-n', id, '--leg', '1');
+    expect(refused('fail', '-n', id, '--leg', '2')).toMatch(/last in-sync leg/);
+    expect(refused('remove', '-n', id, '--leg', '2')).toMatch(/only a failed leg/);
+    expect(verb('remove', '-n', id, '--leg', '1').message).toBe('leg 1 is removed');
+    expect(info(dev.id).legs).toBe('empty,in-sync');
+    expect(refused('status', '-n', '99')).toMatch(/no running mirror device/);
+  });
+});
