@@ -27,6 +27,7 @@ del_under_load() {
   ublk del --force -n $1
   wait $fio_pid || true
 }
+mirror_clean() { until ublk mirror status -n $1 --json | grep -q '"mirror": "clean"'; do sleep 1; done; }
 verify() {
   fio --name=v --filename=/dev/ublkb$1 --ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-256k --iodepth=64 \
     --size=${2:-256M} --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse >/dev/null
@@ -85,17 +86,19 @@ losetup -d "${legs[@]}"
 rm -f /tmp/asan-leg0.img /tmp/asan-leg1.img
 echo "asan-check: mirror and stripe discarded block-device legs, and a delete under discard load"
 # mirror's sync thread beside the queues: an initial resync under verify, a leg failed and re-added
-# (bitmap resync), a scrub with repair, then a delete under load.
+# (bitmap resync), a scrub with repair, a replace and an added leg (new files in the rings), a delete under load.
 truncate -s 64M /tmp/asan-m0.img /tmp/asan-m1.img
 id=$(add_id --target mirror --leg /tmp/asan-m0.img --leg /tmp/asan-m1.img --queues 2 --resync-rate 16)
 verify $id 32M
 ublk mirror fail -n $id --leg 2 >/dev/null
 verify $id 16M
 ublk mirror re-add -n $id --leg 2 >/dev/null
+mirror_clean $id
 ublk mirror check -n $id --repair >/dev/null
 truncate -s 64M /tmp/asan-m2.img /tmp/asan-m3.img
 ublk mirror replace -n $id --leg 1 --with /tmp/asan-m2.img >/dev/null
 verify $id 16M
+mirror_clean $id # one new leg at a time: the replace ends first
 ublk mirror add-leg -n $id --with /tmp/asan-m3.img >/dev/null
 verify $id 16M
 del_under_load $id
@@ -138,7 +141,7 @@ for mode in auto-lease copy; do
   sleep 2
   read -r reads writes < /sys/block/ublkb$id/inflight
   [ $((reads + writes)) -gt 0 ] || { echo "asan-check: nothing in flight on ublkb$id before the delete" >&2; exit 1; }
-  ublk del -n $id
+  ublk del --force -n $id
   wait $fio_pid || true
   kill -KILL $nbdkit_pid 2>/dev/null || true # SIGTERM may wait on connections that never end
   wait $nbdkit_pid || true

@@ -515,21 +515,21 @@ int mirror_add_leg(struct mirror *m, int fd, bool block_discard, int replaces, s
 	uint64_t size;
 	int ret = leg_size(fd, &size);
 	if (ret < 0)
-		return (*why = std::string("cannot be sized: ") + strerror(-ret), ret);
+		return (*why = std::string("the new leg cannot be sized: ") + strerror(-ret), ret);
 	std::lock_guard<std::mutex> g(m->lock);
 	unsigned j = m->n.load();
 	if (j >= MAX_LEGS)
 		return (*why = "a mirror has at most " + std::to_string(MAX_LEGS) + " slots", -ENOSPC);
 	for (unsigned i = 0; i < j; i++)
 		if (m->legs[i].replaces >= 0)
-			return (*why = "leg " + std::to_string(i + 1) + " is still replacing leg " + std::to_string(m->legs[i].replaces + 1), -EBUSY);
+			return (*why = "leg " + std::to_string(i + 1) + " is still replacing leg " + std::to_string(m->legs[i].replaces + 1) + " (mirror status shows it)", -EBUSY);
 	if (replaces >= 0 && (replaces >= (int)j || m->legs[replaces].state.load() == LEG_EMPTY))
 		return (*why = "there is no leg " + std::to_string(replaces + 1) + " to replace", -EINVAL);
 	struct leg *l = &m->legs[j];
 	l->size = size;
 	layout(l, m->nr_chunks);
 	if (size < 4 * META_ALIGN || l->bitmap_off < m->data_size)
-		return (*why = "is too small: this mirror needs " + std::to_string(m->data_size + (size - l->bitmap_off)) + " bytes", -ENOSPC);
+		return (*why = "the new leg is too small: this mirror needs " + std::to_string(m->data_size + (size - l->bitmap_off)) + " bytes", -ENOSPC);
 	l->full = true;
 	l->full_from = 0;
 	l->pos = 0;
@@ -545,7 +545,7 @@ int mirror_add_leg(struct mirror *m, int fd, bool block_discard, int replaces, s
 	m->writable.fetch_or(1u << j);
 	meta_write_bitmap_locked(m, 0, m->nr_chunks ? m->nr_chunks - 1 : 0);
 	meta_write_sb_locked(m, false);
-	return (m->writable.load() & (1u << j)) ? (int)j : (*why = "cannot be written", -EIO);
+	return (m->writable.load() & (1u << j)) ? (int)j : (*why = "the new leg cannot be written", -EIO);
 }
 
 void mirror_swap_in_locked(struct mirror *m, unsigned from)

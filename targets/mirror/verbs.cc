@@ -98,7 +98,7 @@ std::string mirror_command(struct mirror *m, const std::string &cmd)
 		std::string why;
 		int slot = mirror_add_leg(m, fd, bd != 0, old - 1, &why);
 		if (slot < 0)
-			return refused("the new leg " + why);
+			return refused(why);
 		sync_kick(m);
 		return ok("leg " + std::to_string(slot + 1) + " is resyncing" +
 			  (verb == "replace" ? "; it takes leg " + std::to_string(old) + "'s place once in sync" : ""));
