@@ -52,6 +52,12 @@ function addOptions(targets: TargetSpec[], chosen: TargetSpec | undefined): Reco
   return valueRequired({ ...own, ...merged });
 }
 
+/** list: a device's long work (a mirror's resync), after its backing. */
+function progressOf(specs: TargetSpec[], d: { target?: string; info?: Record<string, unknown> }): string {
+  const p = d.info ? specs.find((t) => t.name === d.target)?.progress?.(d.info) : undefined;
+  return p ? `  [${p}]` : '';
+}
+
 /** up and down: NAME... or --all, not both. */
 function namesOrAll(verb: string, a: Record<string, unknown>): true {
   const names = Array.isArray(a.names) ? a.names.map(String) : [];
@@ -209,6 +215,7 @@ async function main(): Promise<void> {
         requireDriver('list');
         await getFeatures(); // says clearly when the driver does not answer
         const devs = await listDevices();
+        const specs = json ? [] : await loadAllTargets();
         print(devs, () =>
           devs.length === 0
             ? 'no ublk devices'
@@ -226,7 +233,7 @@ async function main(): Promise<void> {
                     String(d.depth).padEnd(6),
                     formatSize(d.size).padEnd(7),
                     String(d.pid).padEnd(7),
-                    d.info?.file ? `${d.info.file}${d.info.direct ? ' (direct)' : ' (buffered)'}` : '',
+                    (d.info?.file ? `${d.info.file}${d.info.direct ? ' (direct)' : ' (buffered)'}` : '') + progressOf(specs, d),
                   ].join(' '),
                 ),
               ].join('\n'),
@@ -391,6 +398,7 @@ async function main(): Promise<void> {
         requireDriver('stats');
         const { blockDeviceIds } = await import('./stats.js');
         const { runStats } = await import('./stats-report.js');
+        const specs = await loadAllTargets();
         let ids = blockDeviceIds;
         if (name !== undefined) {
           const rec = recordByName(name);
@@ -409,6 +417,7 @@ async function main(): Promise<void> {
           watching: watch !== undefined,
           redraw: watch !== undefined && !json && process.stdout.isTTY === true,
           write: (t) => console.log(t),
+          progress: (rec) => (rec.info ? specs.find((t) => t.name === rec.target)?.progress?.(rec.info) : undefined),
         });
       },
     )

@@ -1,6 +1,7 @@
 // `ublk-ts stats` on the screen: one report over one window, or one every --watch seconds, redrawn in place
 // on a terminal and printed as lines (a TIME column, or one JSON object a line) when piped.
 import { deviceStats, sample, type DeviceStats, type Sample } from './stats.js';
+import type { DeviceRecord } from './state.js';
 import { UserError } from './errors.js';
 
 export interface StatsRun {
@@ -17,6 +18,8 @@ export interface StatsRun {
   /** Watching: each report on its own lines, stamped. */
   watching: boolean;
   write: (text: string) => void;
+  /** A device's long work in a few words (TargetSpec.progress). */
+  progress?: (rec: DeviceRecord) => string | undefined;
 }
 
 const COLUMNS: [string, number, (d: DeviceStats) => string][] = [
@@ -34,11 +37,13 @@ const COLUMNS: [string, number, (d: DeviceStats) => string][] = [
   ['ERRORS', 6, (d) => (d.server ? count(d.server.errors) : '-')],
   ['RETRIES', 7, (d) => (d.server ? count(d.server.retries) : '-')],
   ['SHORT', 5, (d) => (d.server ? count(d.server.shortTransfers) : '-')],
+  ['PROGRESS', 0, (d) => d.progress ?? ''],
 ];
 
 export const STATS_LEGEND =
   'READ/WRITE: per second over the window (block layer); INFLIGHT: reads/writes in flight now; REQUESTS..SHORT: ' +
-  "the server's totals since it started (served on the lease, through a copy, failed, retried, short transfers continued)";
+  "the server's totals since it started (served on the lease, through a copy, failed, retried, short transfers continued); " +
+  'PROGRESS: long work the target is doing (a resync)';
 
 function row(cells: string[]): string {
   return cells.map((c, i) => c.padEnd(COLUMNS[i][1])).join(' ').trimEnd();
@@ -91,7 +96,7 @@ export async function runStats(o: StatsRun): Promise<void> {
     }
     const devs = [...after.values()].flatMap((b) => {
       const a = before.get(b.id);
-      return a ? [deviceStats(a, b)] : [];
+      return a ? [deviceStats(a, b, o.progress)] : [];
     });
     before = after;
     const time = new Date();

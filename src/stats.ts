@@ -3,7 +3,7 @@
 // into the state folder: Server.publishStats).
 import fs from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { readRecord, readStats, type ServerCounters } from './state.js';
+import { readRecord, readStats, type DeviceRecord, type ServerCounters } from './state.js';
 import type { QueueStats } from './native.js';
 
 /** The fields of /sys/block/<disk>/stat used here, by position (Documentation/block/stat.rst). */
@@ -83,10 +83,12 @@ export interface DeviceStats {
   inFlight: { read: number; write: number };
   /** Null for a device this tool does not serve, or before its server first published. */
   server: ServerStats | null;
+  /** Long work its target is doing (a mirror's resync): TargetSpec.progress. */
+  progress?: string;
 }
 
 /** The device between two samples of it. */
-export function deviceStats(a: Sample, b: Sample): DeviceStats {
+export function deviceStats(a: Sample, b: Sample, progress?: (rec: DeviceRecord) => string | undefined): DeviceStats {
   const seconds = (b.mono - a.mono) / 1000;
   // A device deleted and made again under the same id between the samples starts from zero.
   const rate = (d: number) => (seconds > 0 ? Math.max(0, d) / seconds : 0);
@@ -110,6 +112,7 @@ export function deviceStats(a: Sample, b: Sample): DeviceStats {
     flush: { iops: rate(b.block.flushIos - a.block.flushIos), ios: b.block.flushIos },
     inFlight: b.inFlight,
     server: serverStats(a.server, b.server, b.time),
+    ...(rec && progress ? { progress: progress(rec) } : {}),
   };
 }
 

@@ -68,6 +68,9 @@ export interface TargetSpec {
   verbs?: Record<string, TargetVerb>;
   /** `<name> status`: the live state (the record's info) in a few lines. */
   describeStatus?(info: Record<string, unknown>): string;
+  /** Long work the device is doing now (a resync, a scrub) in a few words, from its live state (the
+   * record's info): `list` and `stats` show it. Undefined when there is none. */
+  progress?(info: Record<string, unknown>): string | undefined;
   /**
    * `ublk-ts resize`, before the kernel is told: makes the backend hold `size` bytes (a file grows; none
    * shrinks) and returns the options a later server opens it with (`recover`). Without it, no resize.

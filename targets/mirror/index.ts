@@ -86,15 +86,25 @@ function bar(percent: number): string {
   return `[${'#'.repeat(full)}${'.'.repeat(width - full)}]`;
 }
 
+/** A running resync: percent, rate and time left. */
+function resyncProgress(info: Record<string, unknown>, withBar: boolean): string | undefined {
+  if (typeof info.resync !== 'number') return undefined;
+  const rate = Number(info.resyncRate) / 1e6;
+  const eta = Number(info.resyncEta);
+  return `resync ${withBar ? `${bar(info.resync)} ` : ''}${info.resync.toFixed(1)}% at ${rate.toFixed(1)} MB/s${eta >= 0 ? `, ${Math.round(eta)} s left` : ''}`;
+}
+
+/** list, stats: a resync's or a check's progress. */
+function progress(info: Record<string, unknown>): string | undefined {
+  return resyncProgress(info, false) ?? (info.check === 'running' ? `check ${String(info.checkPercent)}%` : undefined);
+}
+
 /** `mirror status`: the state, each leg, and a running resync's or check's progress. */
 function describeStatus(info: Record<string, unknown>): string {
   const lines = [`mirror ${String(info.mirror)}, legs ${String(info.legs)}`];
   for (const [k, v] of Object.entries(info)) if (/^leg\d+$/.test(k)) lines.push(`  ${k}: ${String(v)}`);
-  if (typeof info.resync === 'number') {
-    const rate = Number(info.resyncRate) / 1e6;
-    const eta = Number(info.resyncEta);
-    lines.push(`  resync ${bar(info.resync)} ${info.resync.toFixed(1)}% at ${rate.toFixed(1)} MB/s${eta >= 0 ? `, ${Math.round(eta)} s left` : ''}`);
-  }
+  const resync = resyncProgress(info, true);
+  if (resync) lines.push(`  ${resync}`);
   if (info.check === 'running' || info.check === 'done')
     lines.push(`  check ${String(info.check)} ${String(info.checkPercent)}%: ${String(info.mismatched)} bytes mismatched${info.mismatchRanges ? ` (${String(info.mismatchRanges)})` : ''}, ${String(info.repaired)} rewritten`);
   if (info.syncNote) lines.push(`  last: ${String(info.syncNote)}`);
@@ -181,5 +191,6 @@ const spec: TargetSpec = {
   },
   verbs,
   describeStatus,
+  progress,
 };
 export default spec;

@@ -129,8 +129,7 @@ void mirror_drop_leg_locked(struct mirror *m, unsigned i, uint8_t op, uint64_t o
 	l->known.store(true, std::memory_order_release);
 }
 
-/* A metadata write to leg i failed: the leg goes, unless it is the last in-sync one. */
-static bool drop_on_meta_error(struct mirror *m, unsigned i, uint64_t off, int err)
+bool meta_drop_on_error_locked(struct mirror *m, unsigned i, uint64_t off, int err)
 {
 	if (m->readable.load() == (1u << i)) {
 		m->meta_error = true;
@@ -169,25 +168,40 @@ again:
 		sb->csum = fnv1a(sb, SB_BYTES);
 		int ret = xfer(m->legs[i].fd, sb, SB_BYTES, m->legs[i].sb_off, true);
 		/* The superblocks already written name the leg in sync: write them all again without it. */
-		if (ret < 0 && drop_on_meta_error(m, i, m->legs[i].sb_off, ret))
+		if (ret < 0 && meta_drop_on_error_locked(m, i, m->legs[i].sb_off, ret))
 			goto again;
 	}
 }
 
-void meta_write_bitmap_locked(struct mirror *m, uint64_t c0, uint64_t c1)
+bool meta_bitmap_block_locked(struct mirror *m, uint64_t b, uint8_t *buf)
 {
 	const uint64_t per_block = BITMAP_BLOCK_CHUNKS;
+	memset(buf, 0, META_ALIGN);
+	uint64_t end = std::min(m->nr_chunks, (b + 1) * per_block);
+	bool wanted = false;
+	for (uint64_t c = b * per_block; c < end; c++) {
+		uint32_t w = m->chunks[c].load(std::memory_order_relaxed);
+		wanted |= w & CHUNK_WANT;
+		if (w & (CHUNK_SET | CHUNK_WANT))
+			buf[(c % per_block) / 8] |= (uint8_t)(1u << (c % 8));
+	}
+	return wanted;
+}
+
+void meta_bitmap_written_locked(struct mirror *m, uint64_t b, const uint8_t *buf)
+{
+	const uint64_t per_block = BITMAP_BLOCK_CHUNKS;
+	uint64_t end = std::min(m->nr_chunks, (b + 1) * per_block);
+	for (uint64_t c = b * per_block; c < end; c++)
+		if (buf[(c % per_block) / 8] & (1u << (c % 8)) && (m->chunks[c].load(std::memory_order_relaxed) & CHUNK_WANT))
+			m->chunks[c].fetch_or(CHUNK_SET), m->chunks[c].fetch_and(~CHUNK_WANT);
+}
+
+void meta_write_bitmap_locked(struct mirror *m, uint64_t c0, uint64_t c1)
+{
 	auto *buf = static_cast<uint8_t *>(m->meta_buf);
-	for (uint64_t b = c0 / per_block; b <= c1 / per_block; b++) {
-		memset(buf, 0, META_ALIGN);
-		uint64_t end = std::min(m->nr_chunks, (b + 1) * per_block);
-		bool wanted = false;
-		for (uint64_t c = b * per_block; c < end; c++) {
-			uint32_t w = m->chunks[c].load(std::memory_order_relaxed);
-			wanted |= w & CHUNK_WANT;
-			if (w & (CHUNK_SET | CHUNK_WANT))
-				buf[(c % per_block) / 8] |= (uint8_t)(1u << (c % 8));
-		}
+	for (uint64_t b = c0 / BITMAP_BLOCK_CHUNKS; b <= c1 / BITMAP_BLOCK_CHUNKS; b++) {
+		bool wanted = meta_bitmap_block_locked(m, b, buf);
 		uint32_t mask = m->writable.load();
 		bool dropped = false;
 		for (unsigned i = 0; i < m->n; i++) {
@@ -195,14 +209,13 @@ void meta_write_bitmap_locked(struct mirror *m, uint64_t c0, uint64_t c1)
 				continue;
 			int ret = xfer(m->legs[i].fd, buf, META_ALIGN, m->legs[i].bitmap_off + b * META_ALIGN, true);
 			if (ret < 0)
-				dropped |= drop_on_meta_error(m, i, m->legs[i].bitmap_off, ret);
+				dropped |= meta_drop_on_error_locked(m, i, m->legs[i].bitmap_off, ret);
 		}
 		if (dropped)
 			meta_write_sb_locked(m, false);
 		/* What this write carried is durable now: the writes waiting for it may go. */
-		for (uint64_t c = b * per_block; wanted && !m->meta_error && c < end; c++)
-			if (buf[(c % per_block) / 8] & (1u << (c % 8)) && (m->chunks[c].load(std::memory_order_relaxed) & CHUNK_WANT))
-				m->chunks[c].fetch_or(CHUNK_SET), m->chunks[c].fetch_and(~CHUNK_WANT);
+		if (wanted && !m->meta_error)
+			meta_bitmap_written_locked(m, b, buf);
 	}
 }
 

@@ -32,6 +32,7 @@ struct mirror_q {
 	std::vector<uint8_t> holding;
 	uint32_t files_gen;  /* the mirror's files_gen this ring's files match */
 	int fds[MAX_LEGS];   /* what this ring has as files 1..MAX_LEGS */
+	struct bitmap_q bm;
 };
 
 static int mirror_init(struct target *t)
@@ -45,8 +46,11 @@ static int mirror_init(struct target *t)
 	t->cfg.fds.resize(MAX_LEGS, -1);
 	m->block_discard = block_discard_files(t);
 	m->rate = (uint64_t)t->cfg.num("resync-rate", 0);
-	int ret = posix_memalign(&m->meta_buf, 4096, 4096) ? -ENOMEM : mirror_assemble(t, m);
+	int ret = posix_memalign(&m->meta_buf, 4096, 4096) ? -ENOMEM : mirror_bitmap_init(m, t->nr_queues);
+	if (ret == 0)
+		ret = mirror_assemble(t, m);
 	if (ret < 0) {
+		mirror_bitmap_deinit(m);
 		free(m->meta_buf);
 		delete m;
 		return ret;
@@ -66,6 +70,7 @@ static void mirror_deinit(struct target *t)
 		idle = !(m->chunks[c].load() & CHUNK_INFLIGHT);
 	if (idle)
 		mirror_close(m);
+	mirror_bitmap_deinit(m);
 	free(m->meta_buf);
 	delete m;
 	t->priv = nullptr;
@@ -75,7 +80,7 @@ static int mirror_queue_init(struct tq *tq)
 {
 	/* queues start on different legs */
 	auto *mq = new mirror_q{tq->q_id, std::vector<struct discard_fanout>(tq->depth), std::vector<uint8_t>(tq->depth), {},
-				std::vector<uint8_t>(tq->depth), 0, {}};
+				std::vector<uint8_t>(tq->depth), 0, {}, {}};
 	mq->held.reserve(tq->depth);
 	for (unsigned i = 0; i < MAX_LEGS; i++)
 		mq->fds[i] = tq->t->cfg.fds[i];
@@ -85,7 +90,9 @@ static int mirror_queue_init(struct tq *tq)
 
 static void mirror_queue_deinit(struct tq *tq)
 {
-	delete static_cast<struct mirror_q *>(tq->priv);
+	auto *mq = static_cast<struct mirror_q *>(tq->priv);
+	free(mq->bm.buf);
+	delete mq;
 	tq->priv = nullptr;
 }
 
@@ -102,8 +109,9 @@ static unsigned leg_from(uint32_t mask, unsigned from)
 
 /* After a mask was read: a leg in it may be new to this ring (add-leg, replace). The masks are published
  * after files_gen, so a leg seen in a mask has its fd here. */
-static void refresh_files(struct tq *tq, struct mirror *m, struct mirror_q *mq)
+void mirror_refresh_files(struct tq *tq, struct mirror *m)
 {
+	auto *mq = static_cast<struct mirror_q *>(tq->priv);
 	uint32_t gen = m->files_gen.load(std::memory_order_acquire);
 	if (gen == mq->files_gen)
 		return;
@@ -177,7 +185,7 @@ static int issue_write(struct tq *tq, struct mirror *m, struct mirror_q *mq, str
 				: req->op == UBLK_IO_OP_FLUSH ? MEMBER_FSYNC
 							      : MEMBER_FALLOCATE;
 	uint32_t mask = m->writable.load();
-	refresh_files(tq, m, mq);
+	mirror_refresh_files(tq, m);
 	uint32_t blocks = req->op == UBLK_IO_OP_DISCARD && req->len ? mask & m->block_discard.load() : 0;
 	for (uint32_t left = mask & ~blocks; left; left &= left - 1) {
 		unsigned i = (unsigned)__builtin_ctz(left);
@@ -204,7 +212,7 @@ static int mirror_queue_io(struct tq *tq, struct request *req)
 	switch (req->op) {
 	case UBLK_IO_OP_READ: {
 		unsigned i = leg_from(m->readable.load(), mq->next_read);
-		refresh_files(tq, m, mq);
+		mirror_refresh_files(tq, m);
 		mq->next_read = i + 1;
 		struct member *mem = add_member(req, MEMBER_READ, (uint8_t)(i + 1));
 		mem->len = req->len;
@@ -231,33 +239,31 @@ static int mirror_queue_io(struct tq *tq, struct request *req)
 	return issue_write(tq, m, mq, req);
 }
 
-/* The batch is handled: the bits its held writes want go to the legs in one write per bitmap block, then
- * the writes go (a bitmap that reached no in-sync leg fails them). */
-static void mirror_queue_idle(struct tq *tq)
+/* The held writes whose bits are on the legs now go (all fail if the bitmap reached no in-sync leg);
+ * returns the bitmap blocks the others wait for (at most n). */
+static unsigned release_held(struct tq *tq, struct mirror *m, struct mirror_q *mq, uint64_t *blocks, unsigned n)
 {
-	auto *m = static_cast<struct mirror *>(tq->t->priv);
-	auto *mq = static_cast<struct mirror_q *>(tq->priv);
-	if (mq->held.empty())
-		return;
-	bool ok;
-	{
-		std::lock_guard<std::mutex> g(m->lock);
-		/* A block write makes every wanted bit in it durable: the batch's other writes in that block
-		 * (and other queues' waiting for it) find theirs done. */
-		for (struct request *req : mq->held) {
-			uint64_t c0 = req->offset >> m->chunk_shift, c1 = (req->offset + req->len - 1) >> m->chunk_shift;
-			if (mq->holding[req->tag] && !durable(m, c0, c1))
-				meta_write_bitmap_locked(m, c0, c1);
-		}
-		ok = !m->meta_error;
-	}
-	std::vector<struct request *> batch;
-	batch.swap(mq->held);
-	for (struct request *req : batch) {
+	unsigned nr = 0;
+	size_t keep = 0;
+	for (size_t k = 0; k < mq->held.size(); k++) {
+		struct request *req = mq->held[k];
 		if (!mq->holding[req->tag])
 			continue; /* released by a drain meanwhile */
+		uint64_t c0 = req->offset >> m->chunk_shift, c1 = (req->offset + req->len - 1) >> m->chunk_shift;
+		if (!m->meta_error && !durable(m, c0, c1)) {
+			mq->held[keep++] = req;
+			for (uint64_t c = c0; c <= c1; c++) {
+				uint64_t b = c / BITMAP_BLOCK_CHUNKS;
+				bool known = false;
+				for (unsigned j = 0; j < nr; j++)
+					known |= blocks[j] == b;
+				if (!known && nr < n && !(m->chunks[c].load() & CHUNK_SET))
+					blocks[nr++] = b;
+			}
+			continue;
+		}
 		mq->holding[req->tag] = 0;
-		if (!ok) {
+		if (m->meta_error) {
 			request_complete(tq, req, -EIO);
 			continue;
 		}
@@ -266,8 +272,22 @@ static void mirror_queue_idle(struct tq *tq)
 		if (how == QUEUE_IO_DONE)
 			request_complete(tq, req, 0);
 	}
-	batch.clear();
-	mq->held.swap(batch);
+	mq->held.resize(keep);
+	return nr;
+}
+
+/* The batch is handled: its held writes' bitmap blocks go to the legs (bitmap.cc), and the writes whose
+ * bits are there go. */
+static void mirror_queue_idle(struct tq *tq)
+{
+	auto *m = static_cast<struct mirror *>(tq->t->priv);
+	auto *mq = static_cast<struct mirror_q *>(tq->priv);
+	if (mq->held.empty())
+		return;
+	uint64_t blocks[MAX_BM_BLOCKS];
+	unsigned n = release_held(tq, m, mq, blocks, MAX_BM_BLOCKS);
+	if (n)
+		bitmap_write(tq, m, &mq->bm, blocks, n);
 }
 
 static void mirror_on_release(struct tq *tq, struct request *req)
@@ -290,14 +310,18 @@ static enum member_fold mirror_on_member(struct tq *tq, struct request *req, uns
 		return FOLD_IGNORE;
 	/* The same bytes from another leg; each failure marks a leg, so this ends within n tries. */
 	mem->file = (uint8_t)(leg_from(m->readable.load(), i + 1) + 1);
-	refresh_files(tq, m, static_cast<struct mirror_q *>(tq->priv));
+	mirror_refresh_files(tq, m);
 	return FOLD_RETRY;
 }
 
-/* A block discard on leg cookie - 1 completed. */
+/* A block discard on leg cookie - 1 completed, or (no request) a bitmap write or a wake-up. */
 static void mirror_on_cqe(struct tq *tq, struct request *req, uint64_t cookie, const struct io_uring_cqe *cqe)
 {
 	auto *m = static_cast<struct mirror *>(tq->t->priv);
+	if (!req) {
+		bitmap_on_cqe(tq, m, &static_cast<struct mirror_q *>(tq->priv)->bm, cookie, cqe);
+		return;
+	}
 	int res = cqe->res < 0 && leg_failed(m, (unsigned)cookie - 1, req, req->offset, -cqe->res, true) ? 0 : cqe->res;
 	discard_fanout_done(tq, req, &static_cast<struct mirror_q *>(tq->priv)->discards[req->tag], res, whole_request);
 }
@@ -324,6 +348,7 @@ static const struct target_ops mirror_target_ops = {
 	.on_done = mirror_on_done,
 	.on_cqe = mirror_on_cqe,
 	.queue_idle = mirror_queue_idle,
+	.queue_ops = BITMAP_QUEUE_OPS,
 	.status = mirror_status,
 	.command = mirror_command_op,
 };

@@ -105,6 +105,13 @@ struct mirror {
 	std::mutex note_lock;               /* never held across IO: status() takes it on the JavaScript thread */
 	std::string last_event;             /* the sync thread's last note (started, ended) */
 	struct scrub scrub;
+
+	/* The queues' bitmap writes (bitmap.cc), under `lock`: which queue has one in flight (-1: none),
+	 * which queues wait for it to end, and each queue's wake-up eventfd (owned here, so a late wake
+	 * never writes to an fd a stopping queue has closed). */
+	int bm_writer = -1;
+	std::vector<uint8_t> bm_waiting;
+	std::vector<int> wake_fds;
 };
 
 static inline uint64_t chunk_bytes(const struct mirror *m)
@@ -125,8 +132,16 @@ void meta_write_sb_locked(struct mirror *m, bool clean);
 /* Under m->lock: writes the bitmap blocks holding chunks [c0, c1] to every writable leg; a bit a write
  * waits for (WANT) is in them, and SET once they are written. */
 void meta_write_bitmap_locked(struct mirror *m, uint64_t c0, uint64_t c1);
-/* Chunks per bitmap block. */
+/* Chunks per bitmap block (4 KiB). */
 #define BITMAP_BLOCK_CHUNKS (4096u * 8)
+/* Under m->lock: bitmap block b as the legs should have it (SET and WANT bits) into buf; whether a bit
+ * in it is wanted. */
+bool meta_bitmap_block_locked(struct mirror *m, uint64_t b, uint8_t *buf);
+/* Under m->lock: block b as in buf is on the legs: the wanted bits it carried are SET. */
+void meta_bitmap_written_locked(struct mirror *m, uint64_t b, const uint8_t *buf);
+/* Under m->lock: a metadata write to leg i failed: the leg goes (true), unless it is the last in-sync one
+ * (then meta_error). */
+bool meta_drop_on_error_locked(struct mirror *m, unsigned i, uint64_t off, int err);
 /* Marks leg i failed (unless it is the last in-sync leg) and records it on the others before returning.
  * Returns whether it is failed now. */
 bool mirror_fail_leg(struct mirror *m, unsigned i, uint8_t op, uint64_t off, int err);
@@ -146,6 +161,33 @@ void mirror_swap_in_locked(struct mirror *m, unsigned from);
 /* A failed leg leaves the array (its slot is empty; the bitmap may be cleared without it). -EBUSY if it
  * is not failed. */
 int mirror_remove(struct mirror *m, unsigned i);
+
+/* bitmap.cc: a queue's writes of the bitmap blocks its held writes wait for, through its ring. */
+#define MAX_BM_BLOCKS 4
+struct bitmap_q {
+	uint8_t *buf = nullptr;           /* MAX_BM_BLOCKS blocks, aligned for O_DIRECT legs */
+	uint64_t blocks[MAX_BM_BLOCKS];
+	unsigned nr_blocks = 0;
+	unsigned left = 0;                /* leg writes in flight */
+	uint32_t mask = 0;                /* the legs written */
+	uint32_t failed = 0;              /* the legs whose write failed */
+	int err[MAX_LEGS];
+	bool cancelled = false;
+	bool armed = false;               /* a read of the wake-up eventfd is in flight */
+	uint64_t wake_val = 0;
+};
+/* Queue-wide ring operations a mirror's queue keeps in flight at most. */
+#define BITMAP_QUEUE_OPS (MAX_LEGS * MAX_BM_BLOCKS + 1)
+int mirror_bitmap_init(struct mirror *m, unsigned nr_queues);
+void mirror_bitmap_deinit(struct mirror *m);
+/* Writes the bitmap blocks to every writable leg (at most MAX_BM_BLOCKS), unless this queue's last is
+ * still in flight; if another queue's is, waits for its end. The held writes are checked again after. */
+void bitmap_write(struct tq *tq, struct mirror *m, struct bitmap_q *bq, const uint64_t *blocks, unsigned n);
+/* A queue-wide operation of the mirror completed. */
+void bitmap_on_cqe(struct tq *tq, struct mirror *m, struct bitmap_q *bq, uint64_t cookie, const struct io_uring_cqe *cqe);
+
+/* mirror.cc: puts new legs' fds into this queue's ring (after a mask was read). */
+void mirror_refresh_files(struct tq *tq, struct mirror *m);
 
 /* sync.cc */
 uint64_t now_ns();

@@ -33,11 +33,6 @@ uint64_t now_ns()
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static int io(int fd, void *buf, size_t len, uint64_t off, bool write)
-{
-	return leg_io(fd, buf, len, off, write ? LEG_WRITE : LEG_READ);
-}
-
 struct bufs {
 	void *p[MAX_LEGS] = {};
 	bufs()
@@ -98,7 +93,7 @@ static int64_t copy_chunk(struct mirror *m, uint64_t c, uint32_t to, int from, s
 		bool again = false;
 		for (uint64_t off = start; off < end && !again; off += PIECE) {
 			size_t len = (size_t)std::min<uint64_t>(PIECE, end - off);
-			int ret = io(m->legs[src].fd, b.p[0], len, off, false);
+			int ret = leg_io(m->legs[src].fd, b.p[0], len, off, LEG_READ);
 			if (ret < 0) {
 				if (!mirror_fail_leg(m, src, UBLK_IO_OP_READ, off, -ret))
 					return -1;
@@ -108,7 +103,7 @@ static int64_t copy_chunk(struct mirror *m, uint64_t c, uint32_t to, int from, s
 			for (unsigned i = 0; i < m->n; i++) {
 				if (!(to & (1u << i)))
 					continue;
-				ret = io(m->legs[i].fd, b.p[0], len, off, true);
+				ret = leg_io(m->legs[i].fd, b.p[0], len, off, LEG_WRITE);
 				if (ret < 0) {
 					mirror_fail_leg(m, i, UBLK_IO_OP_WRITE, off, -ret);
 					to &= ~(1u << i);
@@ -251,7 +246,7 @@ static void scrub_chunk(struct mirror *m, uint64_t c, struct bufs &b)
 			for (unsigned i = 0; i < m->n && !failed; i++) {
 				if (!(legs & (1u << i)))
 					continue;
-				int ret = io(m->legs[i].fd, b.p[i], len, off, false);
+				int ret = leg_io(m->legs[i].fd, b.p[i], len, off, LEG_READ);
 				if (ret < 0) {
 					failed = true;
 					if (!mirror_fail_leg(m, i, UBLK_IO_OP_READ, off, -ret)) {

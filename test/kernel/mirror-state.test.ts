@@ -12,9 +12,11 @@ import {
   dmDevice,
   fioJob,
   listed,
+  nbdkit,
   scratch,
   sh,
   stateOf,
+  stopServer,
   waitFor,
   type AddedDevice,
 } from './helpers.js';
@@ -151,6 +153,10 @@ describe('resync', () => {
     const dev = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', a, '--leg', b, '--claim-legs', '--resync-rate', '8', '--queues', '1');
     const size = Number(info(dev.id).dataSize);
     await waitFor('half copied', () => Number(info(dev.id).resync ?? 0) > 50, 60_000);
+    // Progress where an operator looks: list, stats (percent, rate, time left).
+    expect(cli('list').stdout).toMatch(new RegExp(`\\[resync \\d+\\.\\d% at [\\d.]+ MB/s, \\d+ s left\\]`));
+    const stats = cliJson<{ devices: { id: number; progress?: string }[] }>('stats', '-n', String(dev.id)).devices[0];
+    expect(stats.progress).toMatch(/^resync \d+\.\d% at [\d.]+ MB\/s, \d+ s left$/);
     process.kill(dev.pid, 'SIGKILL');
     await waitFor('quiesced', () => stateOf(dev.id) !== 'live', 10_000);
     cliJson('recover', '-n', String(dev.id));
@@ -161,6 +167,36 @@ describe('resync', () => {
     expect(copied).toBeLessThan(size * 0.7);
     cliJson('del', '-n', String(dev.id));
     expect(same(a, b, size)).toBe('same');
+  });
+});
+
+describe('a remote leg: the nbd target in front of nbdkit', () => {
+  it('fails when its server dies and the mirror goes on; back and re-added, it gets only what it missed, and the legs end identical', async () => {
+    const dir = scratch('remote-leg');
+    const a = path.join(dir, 'a.img');
+    const remote = path.join(dir, 'remote.img');
+    const sock = path.join(dir, 'nbd.sock');
+    sh(`truncate -s 32M ${a} ${remote}`);
+    let server = await nbdkit(sock, 'file', remote);
+    const leg = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--timeout', '2', '--reconnect', '30');
+    const m = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', a, '--leg', leg.blockDevice, '--assume-clean', '--queues', '2');
+    // P1, flushed: the nbd leg holds no acknowledged write its server may lose.
+    sh(`dd if=/dev/urandom of=${m.blockDevice} bs=1M count=8 oflag=direct conv=fsync status=none`);
+    await stopServer(server);
+    expect(fioJob(sh(`fio ${p2(m.blockDevice)} --do_verify=0`)).error).toBe(0);
+    expect(info(m.id).legs).toBe('in-sync,failed');
+    server = await nbdkit(sock, 'file', remote);
+    await waitFor('the nbd leg connected again', () => info(leg.id).state === 'connected', 60_000);
+    expect(verb('re-add', '-n', String(m.id), '--leg', '2').message).toMatch(/^leg 2 is (resyncing|in-sync)$/);
+    await legsAre(m.id, 'in-sync,in-sync');
+    // The bitmap's chunks: P2's 8 MiB, not the whole 32 MiB leg.
+    expect(Number(info(m.id).resyncCopied)).toBe(8 << 20);
+    expect(fioJob(sh(`fio ${p2(m.blockDevice)} --verify_only`)).error).toBe(0);
+    const size = Number(info(m.id).dataSize);
+    cliJson('del', '-n', String(m.id));
+    cliJson('del', '-n', String(leg.id));
+    await stopServer(server);
+    expect(same(a, remote, size)).toBe('same');
   });
 });
 

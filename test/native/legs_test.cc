@@ -59,6 +59,30 @@ struct legs_rig : harness {
 				legs |= 1u << (s.fd - 1);
 		return legs;
 	}
+	/* The mirror's bitmap writes (its own ring operations) done on the memory legs, as the kernel would,
+	 * until none is left. Returns how many there were. */
+	unsigned write_bitmap()
+	{
+		unsigned n = 0;
+		for (auto it = k.pending.begin(); it != k.pending.end();) {
+			if (ud_kind_of(it->user_data) != UD_TARGET || it->opcode != IORING_OP_WRITE) {
+				++it;
+				continue;
+			}
+			struct io_uring_sqe s = *it;
+			k.pending.erase(it);
+			answer(s, (int32_t)pwrite(k.files[s.fd], reinterpret_cast<void *>(s.addr), s.len, (off_t)s.off));
+			n++;
+			it = k.pending.begin();
+		}
+		return n;
+	}
+	/* A request, with the bitmap writes it waits for done. */
+	void request(uint16_t tag, uint8_t op, uint64_t off, uint32_t len, uint32_t flags = 0)
+	{
+		harness::request(tag, op, off, len, flags);
+		write_bitmap();
+	}
 	/* Answer each member of tag not answered yet: the one on leg `bad` (a fixed file) with err, the
 	 * others as done in full. */
 	void answer_members(uint16_t tag, int bad = 0, int32_t err = -EIO)
@@ -256,6 +280,58 @@ TEST(mirror_a_write_goes_to_every_leg)
 		h.answer(s, 8192);
 	}
 	CHECK_EQ(h.result(1), 8192);
+}
+
+/* The bitmap block of a memory leg (the superblock is its last 4 KiB, the one block before it). */
+static uint8_t bitmap_byte(int fd, unsigned i)
+{
+	uint8_t b = 0xee;
+	CHECK_EQ(pread(fd, &b, 1, LEG_BYTES - 8192 + i), 1);
+	return b;
+}
+
+TEST(mirror_a_write_to_a_clean_chunk_waits_until_its_bit_is_on_every_leg)
+{
+	legs_rig h("mirror", 2);
+	h.harness::request(0, W, 3 << 16, 4096);
+	h.harness::request(1, W, (3 << 16) + 8192, 4096); /* same chunk, same batch */
+	CHECK_EQ(h.count(UD_MEMBER), 0);
+	/* One write of the block per leg, both in flight at once, durable before anything relies on them. */
+	CHECK_EQ(h.count(UD_TARGET), 2);
+	struct io_uring_sqe s1 = h.take(UD_TARGET), s2 = h.take(UD_TARGET);
+	CHECK_EQ(s1.rw_flags, RWF_DSYNC);
+	CHECK_EQ(s1.off, (uint64_t)LEG_BYTES - 8192);
+	CHECK_EQ(s1.fd + s2.fd, 3);
+	CHECK_EQ(pwrite(h.k.files[s1.fd], reinterpret_cast<void *>(s1.addr), s1.len, (off_t)s1.off), 4096);
+	h.answer(s1, 4096);
+	CHECK_EQ(h.count(UD_MEMBER), 0); /* one leg has it: not yet */
+	CHECK_EQ(pwrite(h.k.files[s2.fd], reinterpret_cast<void *>(s2.addr), s2.len, (off_t)s2.off), 4096);
+	h.answer(s2, 4096);
+	CHECK_EQ(bitmap_byte(h.mine[0], 0), 0b1000);
+	CHECK_EQ(bitmap_byte(h.mine[1], 0), 0b1000);
+	CHECK_EQ(h.legs_of(0), 0b11);
+	CHECK_EQ(h.legs_of(1), 0b11);
+	/* The chunk's bit is on the legs: the next write to it goes at once. */
+	h.harness::request(2, W, 3 << 16, 512);
+	CHECK_EQ(h.legs_of(2), 0b11);
+	CHECK_EQ(h.count(UD_TARGET), 0);
+	for (uint16_t tag = 0; tag < 3; tag++) {
+		h.answer_members(tag);
+		CHECK_EQ(h.result(tag), tag == 2 ? 512 : 4096);
+	}
+}
+
+TEST(mirror_a_leg_that_cannot_take_the_bitmap_is_failed_and_the_write_goes_on)
+{
+	legs_rig h("mirror", 2);
+	h.harness::request(0, W, 0, 4096);
+	struct io_uring_sqe s = h.take(UD_TARGET);
+	h.answer(s, -EIO);
+	CHECK_EQ(h.write_bitmap(), 1u);
+	CHECK_CONTAINS(h.status(), s.fd == 1 ? "\"legs\":\"failed,in-sync\"" : "\"legs\":\"in-sync,failed\"");
+	CHECK_EQ(h.legs_of(0), 3u - (unsigned)s.fd); /* only the leg that has its bit */
+	h.answer_members(0);
+	CHECK_EQ(h.result(0), 4096);
 }
 
 /* A 4 KiB WRITE on tag whose member on leg `bad` (a fixed file) fails with err while the others succeed;
