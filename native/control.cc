@@ -220,6 +220,7 @@ SIMPLE(DelDevAsync, UBLK_U_CMD_DEL_DEV_ASYNC, "DEL_DEV_ASYNC")
 SIMPLE(StartDev, UBLK_U_CMD_START_DEV, "START_DEV")
 SIMPLE(StopDev, UBLK_U_CMD_STOP_DEV, "STOP_DEV")
 SIMPLE(TryStopDev, UBLK_U_CMD_TRY_STOP_DEV, "TRY_STOP_DEV")
+SIMPLE(QuiesceDev, UBLK_U_CMD_QUIESCE_DEV, "QUIESCE_DEV")
 SIMPLE(UpdateSize, UBLK_U_CMD_UPDATE_SIZE, "UPDATE_SIZE")
 SIMPLE(StartUserRecovery, UBLK_U_CMD_START_USER_RECOVERY, "START_USER_RECOVERY")
 SIMPLE(EndUserRecovery, UBLK_U_CMD_END_USER_RECOVERY, "END_USER_RECOVERY")
@@ -271,6 +272,7 @@ void control_exports(Napi::Env env, Napi::Object exports)
 	exports.Set("startDev", Napi::Function::New(env, StartDev));
 	exports.Set("stopDev", Napi::Function::New(env, StopDev));
 	exports.Set("tryStopDev", Napi::Function::New(env, TryStopDev));
+	exports.Set("quiesceDev", Napi::Function::New(env, QuiesceDev));
 	exports.Set("setParams", Napi::Function::New(env, SetParams));
 	exports.Set("getParams", Napi::Function::New(env, GetParams));
 	exports.Set("getDevInfo", Napi::Function::New(env, GetDevInfo));

@@ -105,6 +105,12 @@ void device_drain(struct device *d)
 		queue_request_drain(qu.get());
 }
 
+void device_handover(struct device *d)
+{
+	for (auto &qu : d->queues)
+		queue_request_handover(qu.get());
+}
+
 std::string device_errors(struct device *d)
 {
 	std::string err;

@@ -38,6 +38,8 @@ std::string device_start(struct device *d);
 std::string device_wait(struct device *d);
 /* Asks every queue to stop holding requests (they fail with EIO), ahead of STOP_DEV. Never blocks. */
 void device_drain(struct device *d);
+/* Asks every queue to hand the device over to a next server (queue_request_handover). Never blocks. */
+void device_handover(struct device *d);
 /* Waits for every queue thread to end (after STOP_DEV aborted its tags, or a forced stop). */
 void device_join(struct device *d);
 /* Asks queue threads to end now even if the kernel never aborts their tags. */

@@ -18,7 +18,8 @@ class Device : public Napi::ObjectWrap<Device> {
 		return DefineClass(env, "Device",
 				   {InstanceMethod("open", &Device::Open), InstanceMethod("start", &Device::Start),
 				    InstanceMethod("wait", &Device::Wait),
-				    InstanceMethod("drain", &Device::Drain), InstanceMethod("join", &Device::Join),
+				    InstanceMethod("drain", &Device::Drain), InstanceMethod("handover", &Device::Handover),
+				    InstanceMethod("join", &Device::Join),
 				    InstanceMethod("forceStop", &Device::ForceStop), InstanceMethod("close", &Device::Close),
 				    InstanceMethod("status", &Device::Status), InstanceMethod("stats", &Device::Stats),
 				    InstanceMethod("complete", &Device::Complete), InstanceMethod("charFd", &Device::CharFd),
@@ -206,6 +207,11 @@ class Device : public Napi::ObjectWrap<Device> {
 	Napi::Value Drain(const Napi::CallbackInfo &info)
 	{
 		device_drain(&dev_);
+		return info.Env().Undefined();
+	}
+	Napi::Value Handover(const Napi::CallbackInfo &info)
+	{
+		device_handover(&dev_);
 		return info.Env().Undefined();
 	}
 	/* The target's live state (JSON text), or "" if it has none or the device is not serving. */

@@ -168,6 +168,13 @@ void queue_request_drain(struct queue *q)
 	(void)!write(q->wake_fd, &one, sizeof(one));
 }
 
+void queue_request_handover(struct queue *q)
+{
+	q->handover = true;
+	uint64_t one = 1;
+	(void)!write(q->wake_fd, &one, sizeof(one));
+}
+
 /* ---- the request cycle ---- */
 
 static void start_request(struct queue *q, struct io *io)
@@ -193,6 +200,12 @@ static void start_request(struct queue *q, struct io *io)
 /* A request arrived on this tag: serve it now, or after others if the CQ has no room for it yet. */
 static void handle_request(struct queue *q, struct io *io)
 {
+	if (q->handover.load()) {
+		/* Not started, so not ours to finish: the kernel re-issues it to the next server once this
+		 * one has closed the device. */
+		io->state = IO_DEAD;
+		return;
+	}
 	const struct ublksrv_io_desc *d = &q->descs[io->req.tag];
 	struct request *req = &io->req;
 	req->op = d->op_flags & 0xff;
@@ -560,8 +573,9 @@ void queue_run(struct queue *q, const std::function<void()> &ready)
 		return;
 	}
 
-	/* Serve until every tag has been aborted and no request is left half-served. */
-	while (!q->force_stop.load() && (q->nr_dead < q->dev->depth || q->nr_serving > 0)) {
+	/* Serve until every tag has been aborted (handing over: until nothing started is left) and no
+	 * request is left half-served. */
+	while (!q->force_stop.load() && ((!q->handover.load() && q->nr_dead < q->dev->depth) || q->nr_serving > 0)) {
 		ret = io_uring_submit_and_wait(&q->ring, 1);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
 			queue_fail(&q->tq, std::string("io_uring_enter: ") + strerror(-ret));

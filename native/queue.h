@@ -102,6 +102,7 @@ struct queue {
 	uint64_t wake_val;     /* the eventfd's counter, read by the ring */
 	std::atomic<bool> stop_requested;
 	std::atomic<bool> force_stop;
+	std::atomic<bool> handover; /* a new server takes over: finish what is started, leave the rest */
 
 	std::mutex remote_lock;
 	/* Completions handed over from other threads: bounded (one per tag); the queue thread swaps the
@@ -119,6 +120,10 @@ struct queue {
 void queue_run(struct queue *q, const std::function<void()> &ready);
 /* From any thread: stop holding requests (they fail with EIO); the kernel's STOP_DEV does the rest. */
 void queue_request_drain(struct queue *q);
+/* From any thread: hand the device over to a next server (upgrade). Requests already started are
+ * served to the end; any that arrive later are left uncommitted, for the kernel to re-issue to the
+ * next server (USER_RECOVERY_REISSUE); the queue ends once it holds none. The device is not stopped. */
+void queue_request_handover(struct queue *q);
 std::string queue_error(struct queue *q);
 
 /* SQE helpers shared by the queue loop and the lease. */

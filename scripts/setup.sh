@@ -16,6 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 echo "setup: kernel $("$(dirname "$0")/fetch-kernel.sh")"
+echo "setup: kublk (the kernel's own ublk test server, for the kernel tests) $("$(dirname "$0")/build-kublk.sh")"
 
 # `ublk-ts` by name: a link in /usr/local/bin to this clone's launcher (bin/ublk-ts, which runs dist/ once
 # `npm install` has built it). Outside the tree, so the clone stays clean; a file that is not a link is kept.

@@ -15,14 +15,18 @@ import type { DataMode } from './native.js';
 import { checkName, configPath, DEFAULT_CONFIG } from './config.js';
 import { recordByName, servesDevice } from './state.js';
 import type { Outcome } from './updown.js';
+import type { GcOutcome } from './gc.js';
 import type { TargetSpec } from './target.js';
 import { targetVerbCommand } from './target-verbs.js';
 
 const argv = hideBin(process.argv);
 const json = wantsJson(argv);
-const COMMANDS = ['features', 'list', 'add', 'del', 'recover', 'resize', 'up', 'down', 'stats'] as const;
+const COMMANDS = ['features', 'list', 'add', 'del', 'recover', 'upgrade', 'gc', 'resize', 'up', 'down', 'stats'] as const;
 const NO_COMMAND = 'no command';
 const WATCH_RANGE = [0.1, 3600] as const;
+const COUNT_RANGE = [1, 4096] as const;
+/** `add --count`: targets whose devices have nothing of their own to share (no file, leg or export). */
+const NO_BACKING = ['null', 'memory'];
 
 const GLOBAL: Record<string, Options> = {
   json: { type: 'boolean', default: false, describe: 'machine-readable output; errors go to stderr as {"error", "code"}' },
@@ -40,6 +44,7 @@ function addOptions(targets: TargetSpec[], chosen: TargetSpec | undefined): Reco
   const own: Record<string, Options> = {
     ...engineOptions(targets.map((t) => t.name)),
     foreground: { type: 'boolean', default: false, describe: 'serve in this process until signalled' },
+    count: { type: 'number', describe: `add N devices alike, ${COUNT_RANGE.join('..')} (targets ${NO_BACKING.join(', ')}); one server process each` },
   };
   if (chosen) return valueRequired({ ...own, ...chosen.options });
   // A name two targets share (size) means the same thing in both.
@@ -134,6 +139,13 @@ async function main(): Promise<void> {
   const RECOVER: Record<string, Options> = valueRequired({
     number: { alias: 'n', type: 'number', demandOption: true, describe: 'device id' },
   });
+  const UPGRADE: Record<string, Options> = valueRequired({
+    number: { alias: 'n', type: 'number', describe: 'device id' },
+    all: { alias: 'a', type: 'boolean', default: false, describe: 'every device whose server runs (those that cannot be upgraded are left, said why)' },
+  });
+  const GC: Record<string, Options> = {
+    'dry-run': { type: 'boolean', default: false, describe: 'say what gc would do, and do nothing' },
+  };
   const UPDOWN: Record<string, Options> = valueRequired({
     all: { alias: 'a', type: 'boolean', default: false, describe: 'up: every device in the file (but those with "auto": false); down: every device up brought up' },
     config: { type: 'string', describe: `the config file (default: $UBLK_TS_CONFIG or ${DEFAULT_CONFIG}; see ublk-ts.conf(5))` },
@@ -149,6 +161,8 @@ async function main(): Promise<void> {
     add: ADD,
     del: DEL,
     recover: RECOVER,
+    upgrade: UPGRADE,
+    gc: GC,
     resize: RESIZE,
     up: UPDOWN,
     down: UPDOWN,
@@ -209,7 +223,7 @@ async function main(): Promise<void> {
     )
     .command(
       'list',
-      'list ublk devices: id, state, target, data mode, queues, depth, size, server pid',
+      "list ublk devices: id, state, whether its server runs (live, dead, quiesced: waiting for one, foreign: another tool's), target, data mode, queues, depth, size, server pid",
       (y: Argv) => y,
       async () => {
         requireDriver('list');
@@ -220,19 +234,21 @@ async function main(): Promise<void> {
           devs.length === 0
             ? 'no ublk devices'
             : [
-                'ID  DEVICE        NAME          STATE  TARGET  MODE        QUEUES  DEPTH  SIZE    PID     BACKING',
+                'ID  DEVICE        NAME          STATE  SERVER    TARGET  MODE        QUEUES  DEPTH  SIZE    PID     VERSION           BACKING',
                 ...devs.map((d) =>
                   [
                     String(d.id).padEnd(3),
                     d.blockDevice.padEnd(13),
                     (d.name ?? '-').padEnd(13),
                     d.state.padEnd(6),
+                    d.server.padEnd(9),
                     (d.target ?? '?').padEnd(7),
                     (d.mode ?? '?').padEnd(11),
                     String(d.queues).padEnd(7),
                     String(d.depth).padEnd(6),
                     formatSize(d.size).padEnd(7),
                     String(d.pid).padEnd(7),
+                    (d.version ?? '-').padEnd(17),
                     (d.info?.file ? `${d.info.file}${d.info.direct ? ' (direct)' : ' (buffered)'}` : '') + progressOf(specs, d),
                   ].join(' '),
                 ),
@@ -264,6 +280,11 @@ async function main(): Promise<void> {
         };
         if (o.restart && !o.recovery) throw new UserError('--restart needs recovery: drop --no-recovery');
         if (o.restart && a.foreground) throw new UserError('--restart runs a supervisor in the background: drop --foreground');
+        const count = wholeNumber(ctx, 'count', a.count, ...COUNT_RANGE) ?? 1;
+        if (count > 1 && !NO_BACKING.includes(spec.name))
+          throw new UserError(`--count adds devices that share nothing: target ${NO_BACKING.join(' or ')} (each ${spec.name} device needs its own add)`);
+        if (count > 1 && o.id !== undefined) throw new UserError('--count takes the first free ids: drop -n');
+        if (count > 1 && a.foreground) throw new UserError('--count serves its devices in the background: drop --foreground');
         const undo = await checkTarget(spec, targetOptions, o.mode);
         // A refused add leaves no file behind: not when the driver is missing, nor when the server failed.
         const orUndo = async <T>(step: () => T | Promise<T>): Promise<T> => {
@@ -275,12 +296,17 @@ async function main(): Promise<void> {
           }
         };
         await orUndo(() => requireDriver('add'));
-        const { addDevice, startForeground } = await import('./lifecycle.js');
+        const { addDevice, addDevices, startForeground } = await import('./lifecycle.js');
         if (a.foreground) {
           const { serveUntilStopped } = await import('./server.js');
           const server = await orUndo(() => startForeground({ ...o, log: '-' }));
           print(server.record, () => server.record.blockDevice);
           await serveUntilStopped(server, (l) => console.error(l));
+          return;
+        }
+        if (count > 1) {
+          const recs = await addDevices(o, count);
+          print(recs, () => recs.map((r) => r.blockDevice).join('\n'));
           return;
         }
         const rec = await orUndo(() => addDevice(o));
@@ -334,6 +360,60 @@ async function main(): Promise<void> {
         const { recoverDevice } = await import('./lifecycle.js');
         const rec = await recoverDevice(id);
         print(rec, () => `recovered ${rec.blockDevice} (server pid ${rec.pid})`);
+      },
+    )
+    .command(
+      'upgrade',
+      'replace a running server by one started from the code installed now, with no IO failed or lost (the device stays up)',
+      (y: Argv) =>
+        y.options(UPGRADE).check((a) => {
+          if (a.number === undefined && !a.all) throw new UserError('upgrade needs -n N (a device id) or --all');
+          if (a.number !== undefined && a.all) throw new UserError('upgrade takes -n N or --all, not both');
+          return true;
+        }),
+      async (a) => {
+        noRepeats(ctx, a);
+        const id = wholeNumber(ctx, 'number', a.number, ...LIMITS.number);
+        requireDriver('upgrade');
+        const { describe, upgradeAll, upgradeDevice } = await import('./upgrade.js');
+        if (id !== undefined) {
+          const u = await upgradeDevice(id);
+          print(u, () => describe(u));
+          return;
+        }
+        const all = await upgradeAll((i, reason) => {
+          if (!json) console.error(`ublkb${i}: left as it is: ${reason}`);
+        });
+        print(all, () => (all.upgraded.length ? all.upgraded.map(describe).join('\n') : 'no devices upgraded'));
+      },
+    )
+    .command(
+      'gc',
+      "after a crash: recover each device of ours whose server is gone if it can be, else delete it; remove stale records; never touch a live device or another tool's",
+      (y: Argv) => y.options(GC),
+      async (a) => {
+        noRepeats(ctx, a);
+        requireDriver('gc');
+        const dryRun = a['dry-run'] === true;
+        const { gc } = await import('./gc.js');
+        const would = (done: string, dry: string) => (dryRun ? dry : done);
+        const said: Record<GcOutcome['action'], (o: GcOutcome) => string> = {
+          left: (o) => `left alone (${o.why}${o.pid !== undefined ? `, pid ${o.pid}` : ''})`,
+          recovered: (o) => would(`recovered (new server pid ${o.pid})`, 'would recover'),
+          deleted: () => would('deleted', 'would delete'),
+          'removed-record': (o) => would(`removed its record (${o.why})`, `would remove its record (${o.why})`),
+          failed: (o) => `${o.server === 'quiesced' ? 'recover' : 'delete'} failed: ${o.why}`,
+        };
+        const line = (o: GcOutcome) => `${o.blockDevice}: ${o.server === 'gone' ? 'no device' : o.server}, ${said[o.action](o)}`;
+        const outcomes = await gc(dryRun, (o) => {
+          if (json) return;
+          if (o.action === 'failed') console.error(`ublk-ts: ${line(o)}`);
+          else console.log(line(o));
+        });
+        if (json) print({ dryRun, devices: outcomes }, () => '');
+        else if (outcomes.length === 0) console.log('no devices and no records');
+        const first = outcomes.find((o) => o.action === 'failed');
+        if (first) process.exitCode = EXIT_STATUS[first.code ?? 'other'];
       },
     )
     .command(

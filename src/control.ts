@@ -13,6 +13,15 @@ export interface ControlReply {
   error?: string;
 }
 
+/** A reply, and what the server does once it is out (the connection closed): not sent. */
+export interface ControlAnswer extends ControlReply {
+  after?: () => void;
+}
+
+/** What `upgrade` asks a server: hand the device over to a next server (Server.handover). The server
+ * takes it before its target's verbs, none of which has this name. */
+export const HANDOVER_COMMAND = 'handover';
+
 const ASK_TIMEOUT_MS = 30_000;
 const MAX_LINE = 64 * 1024;
 
@@ -21,7 +30,7 @@ export function controlPath(id: number): string {
 }
 
 /** Listens for commands to the device's target; returns what closes it (and removes the socket). */
-export async function serveControl(id: number, handle: (command: string) => Promise<ControlReply>): Promise<() => void> {
+export async function serveControl(id: number, handle: (command: string) => Promise<ControlAnswer>): Promise<() => void> {
   const file = controlPath(id);
   // A socket left by a server that died is ours (the directory is): a new server takes its place.
   fs.rmSync(file, { force: true });
@@ -40,10 +49,13 @@ export async function serveControl(id: number, handle: (command: string) => Prom
       } catch {
         command = undefined;
       }
-      const reply = typeof command === 'string' ? handle(command) : Promise.resolve({ ok: false, error: 'not a command' });
+      const reply: Promise<ControlAnswer> = typeof command === 'string' ? handle(command) : Promise.resolve({ ok: false, error: 'not a command' });
       void reply
-        .catch((e: Error): ControlReply => ({ ok: false, error: e.message }))
-        .then((r) => conn.end(`${JSON.stringify(r)}\n`));
+        .catch((e: Error): ControlAnswer => ({ ok: false, error: e.message }))
+        .then(({ after, ...r }) => {
+          if (after) conn.once('close', after);
+          conn.end(`${JSON.stringify(r)}\n`);
+        });
     });
   });
   await new Promise<void>((resolve, reject) => {

@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { addon, awaitsServer, DEV_STATE_NAMES, projectRoot } from './native.js';
-import { explain, isErrorKind, isKernelError, UserError } from './errors.js';
+import { errorKind, explain, isErrorKind, isKernelError, oneLine, UserError } from './errors.js';
 import type { Server, ServeOptions } from './server.js';
 import type { DaemonOptions } from './daemon.js';
 import { removeLink } from './dev-links.js';
@@ -80,6 +80,32 @@ export function addDevice(o: Omit<DaemonOptions, 'log'>, timeoutMs?: number): Pr
   return spawnServer({ recovery: true, ...o, log: newLogPath() }, timeoutMs);
 }
 
+/** `add --count`: servers started at once (each spends most of its start waiting for node and the kernel). */
+const ADD_AT_ONCE = 4;
+
+/**
+ * `add --count N`: N devices alike, each with its own server. All or none: if one fails, those already
+ * made are deleted and its error is thrown.
+ */
+export async function addDevices(o: Omit<DaemonOptions, 'log'>, count: number): Promise<DeviceRecord[]> {
+  const made: DeviceRecord[] = [];
+  let started = 0;
+  let failure: unknown;
+  const worker = async () => {
+    while (failure === undefined && started < count) {
+      started++;
+      await addDevice(o).then(
+        (r) => made.push(r),
+        (e: unknown) => (failure ??= e),
+      );
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(ADD_AT_ONCE, count) }, worker));
+  if (failure === undefined) return made.sort((a, b) => a.id - b.id);
+  for (const r of made) await deleteDevice(r.id).catch(() => undefined);
+  throw new UserError(`adding ${count} devices: ${oneLine(failure)} (the ${made.length} already made were deleted)`, errorKind(failure));
+}
+
 /**
  * `recover -n N`: a new background server re-attaches to device N, whose server died, with the options
  * `add` saved in its record (checked against what the kernel kept).
@@ -126,6 +152,20 @@ export async function heldUnder(rec: DeviceRecord): Promise<'none' | 'recoverabl
     !(info.ublksrvPid > 0 && info.ublksrvPid !== rec.pid && servesDevice(info.ublksrvPid, rec.id));
   if (!same) return 'foreign';
   return rec.recovery && awaitsServer(info.state) ? 'recoverable' : 'ours';
+}
+
+/**
+ * Whose device N is and whether its server runs, as `list` marks it: live (our record's server holds
+ * /dev/ublkcN), quiesced (ours, waiting for a new server: QUIESCED or FAIL_IO), dead (ours, no server),
+ * foreign (no record of ours, or the id was taken by another device since). 'gone': no such device.
+ */
+export type ServerState = 'live' | 'dead' | 'quiesced' | 'foreign';
+
+export async function serverState(id: number, rec: DeviceRecord | undefined): Promise<ServerState | 'gone'> {
+  if (rec === undefined) return 'foreign';
+  if (serverOf(rec) !== undefined) return 'live';
+  const held = await heldUnder(rec);
+  return held === 'none' ? 'gone' : held === 'recoverable' ? 'quiesced' : held === 'ours' ? 'dead' : 'foreign';
 }
 
 /** Runs the server in this process (add --foreground). */
@@ -227,12 +267,11 @@ export async function deleteDevice(id: number, { safe = false, timeoutMs = 10_00
   // may since belong to someone else. The supervisor first, so that it does not restart the server it
   // sees end; each is waited for until it is gone (the server closes /dev/ublkcN before it deletes the
   // device).
-  const ours = rec
-    ? [
-        rec.supervisor !== undefined ? ProcessHandle.prove(rec.supervisor, (p) => supervises(p, rec)) : undefined,
-        ProcessHandle.prove(rec.pid, (p) => servesDevice(p, rec.id)),
-      ].filter((h): h is ProcessHandle => h !== undefined)
-    : [];
+  const server = rec ? ProcessHandle.prove(rec.pid, (p) => servesDevice(p, rec.id)) : undefined;
+  const ours = [rec?.supervisor !== undefined ? ProcessHandle.prove(rec.supervisor, (p) => supervises(p, rec)) : undefined, server].filter(
+    (h): h is ProcessHandle => h !== undefined,
+  );
+  let serverEnded = false;
   try {
     // After the proof: a server that ends by itself once the kernel has stopped its device (and so no
     // longer holds /dev/ublkcN) is still waited for.
@@ -240,6 +279,7 @@ export async function deleteDevice(id: number, { safe = false, timeoutMs = 10_00
     ours.forEach((h) => h.signal('SIGTERM'));
     const end = Date.now() + timeoutMs;
     while (ours.some((h) => !h.exited()) && Date.now() < end) await sleep(50);
+    serverEnded = server?.exited() === true;
     ours.forEach((h) => h.signal('SIGKILL'));
   } finally {
     ours.forEach((h) => h.close());
@@ -247,6 +287,9 @@ export async function deleteDevice(id: number, { safe = false, timeoutMs = 10_00
   removeRecord(id);
   // Its server removes the link as it ends; not one that was killed.
   if (rec?.name !== undefined) removeLink(rec.name, id);
+  // A server that ended when asked deleted its device, which frees the id: by now another `add` may have
+  // it (churn), and that device is not this one to delete. (One that died on the way leaves an orphan for `gc`.)
+  if (serverEnded) return;
   if (rec && !fs.existsSync(`/sys/class/ublk-char/ublkc${id}`)) return; // its server deleted it
   try {
     await addon.getDevInfo(id);
@@ -294,22 +337,30 @@ export interface ListedDevice {
   depth: number;
   size: number;
   pid: number;
+  /** Whether its server runs (serverState): a device without a live one is an orphan, for `gc`. */
+  server: ServerState;
   target?: string;
   mode?: string;
   blockDevice: string;
   /** Given by `up`: /dev/ublk-ts/NAME. */
   name?: string;
   info?: Record<string, string | number | boolean>;
+  /** The code its server runs (version.ts), as the server recorded it. */
+  version?: string;
 }
 
 export async function listDevices(): Promise<ListedDevice[]> {
   const ids = new Set([...kernelDeviceIds(), ...readRecords().map((r) => r.id)]);
   const out: ListedDevice[] = [];
   for (const id of [...ids].sort((a, b) => a - b)) {
-    const rec = readRecord(id);
+    const found = readRecord(id);
     try {
       const info = await addon.getDevInfo(id);
       const params = await addon.getParams(id).catch(() => undefined);
+      const server = await serverState(id, found);
+      if (server === 'gone') continue; // deleted since getDevInfo: as below
+      // A record of another device that had this id says nothing about this one.
+      const rec = server === 'foreign' ? undefined : found;
       out.push({
         id,
         state: DEV_STATE_NAMES[info.state] ?? String(info.state),
@@ -317,17 +368,17 @@ export async function listDevices(): Promise<ListedDevice[]> {
         depth: info.queueDepth,
         size: params ? params.devSectors * 512 : 0,
         pid: info.ublksrvPid,
+        server,
         target: rec?.target,
         mode: rec?.mode,
         blockDevice: `/dev/ublkb${id}`,
         name: rec?.name,
         info: rec?.info,
+        version: rec?.version,
       });
     } catch (e) {
-      if (isKernelError(e) && e.code === 'ENODEV') {
-        removeRecord(id); // a record whose device is gone is stale
-        continue;
-      }
+      // A record whose device is gone is stale: `gc` removes it (and says so); list only looks.
+      if (isKernelError(e) && e.code === 'ENODEV') continue;
       throw explain(e);
     }
   }

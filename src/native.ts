@@ -98,6 +98,9 @@ export interface NativeDevice {
   wait(): Promise<void>;
   /** Stop holding requests (they fail with EIO), ahead of STOP_DEV. Never blocks. */
   drain(): void;
+  /** Hand the device over to a next server (upgrade): what is started is served to the end, what arrives
+   * later is left to the kernel to re-issue; the queues then end without stopping the device. Never blocks. */
+  handover(): void;
   /** Resolves when every queue thread has ended; rejects with the queues' errors. */
   join(): Promise<void>;
   forceStop(): void;
@@ -134,6 +137,8 @@ interface Addon {
   startDev(id: number, pid: number): Promise<number>;
   stopDev(id: number): Promise<number>;
   tryStopDev(id: number): Promise<number>;
+  /** QUIESCE_DEV: new IO is held by the kernel and idle commands are aborted (timeout in ms, 0 = none). */
+  quiesceDev(id: number, timeoutMs: number): Promise<number>;
   setParams(id: number, p: Params): Promise<number>;
   getParams(id: number): Promise<ReadParams>;
   getDevInfo(id: number): Promise<DevInfo>;

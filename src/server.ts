@@ -11,7 +11,8 @@ import { removeRecord, writeRecord, writeStats, type DeviceRecord } from './stat
 import type { OpenedTarget, TargetSpec } from './target.js';
 import { Bridge } from './bridge.js';
 import { reattachRefusal } from './reattach-check.js';
-import { serveControl, type ControlReply } from './control.js';
+import { HANDOVER_COMMAND, serveControl, type ControlAnswer, type ControlReply } from './control.js';
+import { codeVersion } from './version.js';
 
 export interface ServeOptions {
   target: string;
@@ -55,6 +56,11 @@ export class Server {
   private lastLogged = '';
   private baseInfo: Record<string, string | number | boolean>;
   private closeControl: (() => void) | undefined;
+  /** Set once a handover began: the device is being let go to a next server, not stopped. */
+  handingOver = false;
+  /** What ends this process once its device is handed over (set by serveUntilStopped); without it the
+   * server (one a program runs in its own process) refuses to hand over. */
+  onHandedOver: (() => void) | undefined;
 
   private constructor(
     readonly record: DeviceRecord,
@@ -103,9 +109,10 @@ export class Server {
     writeRecord(this.record);
   }
 
-  /** A target with verbs of its own (`ublk-ts mirror fail`) hears them on the device's control socket. */
+  /** The device's control socket: `upgrade`'s handover, and a target's own verbs (`ublk-ts mirror fail`). */
   private async listen(): Promise<void> {
-    this.closeControl = await serveControl(this.record.id, async (command) => {
+    this.closeControl = await serveControl(this.record.id, async (command): Promise<ControlAnswer> => {
+      if (command === HANDOVER_COMMAND) return this.handoverCommand();
       const native = this.opened.prepare ? await this.opened.prepare(command) : command;
       const reply = JSON.parse(await this.dev.command(native)) as ControlReply;
       this.checkStatus(); // `list` right after the verb shows what it did
@@ -183,12 +190,13 @@ export class Server {
         flagsAsked: asked,
         serve: { target: o.target, targetOptions: o.targetOptions, mode, maxIoBytes: o.maxIoBytes },
         supervisor: o.supervisor,
+        version: codeVersion(),
       };
       writeRecord(record);
       const started = dev;
       const server = new Server(record, started, opened, started.wait(), o.statusLog ?? (() => undefined), bridge);
-      // The device serves either way; without the socket only the target's verbs are missing.
-      if (spec.verbs) await server.listen().catch((e: Error) => server.log(`no control socket: ${e.message}`));
+      // The device serves either way; without the socket only upgrade and the target's verbs are missing.
+      await server.listen().catch((e: Error) => server.log(`no control socket: ${e.message}`));
       return server;
     } catch (e) {
       await bridge?.close();
@@ -197,6 +205,50 @@ export class Server {
       opened.close();
       throw explain(e);
     }
+  }
+
+  private async handoverCommand(): Promise<ControlAnswer> {
+    const exit = this.onHandedOver;
+    if (!exit) return { ok: false, error: 'this server runs inside a program: it does not hand its device over' };
+    if (this.stopping) return { ok: false, error: 'the server is stopping' };
+    // The message is the path taken (`upgrade` prints it). The process ends once the reply is out: the
+    // next server is started when it is read.
+    return { ok: true, message: await this.handover(), after: exit };
+  }
+
+  /**
+   * Lets the device go to a next server without stopping it (`upgrade`): QUIESCE_DEV where the device has
+   * it (the kernel holds new IO and aborts the idle commands); the queues serve what they started to the
+   * end and leave what arrives later to the kernel (re-issued to the next server); then the target and
+   * /dev/ublkcN are closed. The device waits, QUIESCED with its IO held, until a new server re-attaches
+   * with the record, which stays. Resolves with the path taken.
+   */
+  async handover(): Promise<string> {
+    this.handingOver = true;
+    const id = this.record.id;
+    let how = 'recovery';
+    this.stopping = (async () => {
+      clearInterval(this.watch);
+      this.closeControl?.();
+      const info = await addon.getDevInfo(id);
+      if ((info.flags & addon.abi.flags.QUIESCE) !== 0n) {
+        // A failed QUIESCE_DEV (a queue without an idle command in time) still hands over: what this
+        // server holds is re-issued to the next one.
+        how = await addon.quiesceDev(id, QUIESCE_TIMEOUT_MS).then(
+          () => 'quiesce',
+          (e: Error) => `recovery: QUIESCE_DEV failed: ${e.message}`,
+        );
+      }
+      this.dev.handover();
+      await joinWithin(this.dev, STOP_TIMEOUT_MS);
+      await this.done.catch(() => undefined);
+      await this.bridge?.close();
+      this.dev.close();
+      this.opened.close();
+    })();
+    await this.stopping;
+    this.log(`handed /dev/ublkb${id} over (${how})`);
+    return how;
   }
 
   /**
@@ -223,6 +275,9 @@ export class Server {
 }
 
 const STOP_TIMEOUT_MS = 10_000;
+const QUIESCE_TIMEOUT_MS = 5_000;
+/** A server's exit status after it handed its device over: the supervisor starts the next one at once. */
+export const HANDED_OVER_EXIT = 75;
 
 /** The default queue count: one per CPU, but not past what pays off (each is a thread, a ring and buffers). */
 export const DEFAULT_QUEUES_CAP = 4;
@@ -266,7 +321,8 @@ function recoveryFlags(on: boolean, features: bigint): bigint {
   const F = addon.abi.flags;
   if (!on) return 0n;
   if ((features & F.USER_RECOVERY) === 0n) throw new UserError('this kernel has no USER_RECOVERY: use --no-recovery', 'kernel');
-  return F.USER_RECOVERY | (features & F.USER_RECOVERY_REISSUE);
+  // QUIESCE lets `upgrade` have the kernel hold new IO while the server is replaced.
+  return F.USER_RECOVERY | (features & (F.USER_RECOVERY_REISSUE | F.QUIESCE));
 }
 
 const RECOVERY_WAIT_MS = 10_000;
@@ -370,8 +426,10 @@ export async function removeFromKernel(id: number): Promise<void> {
 /** Serves until a signal or until the kernel stops the device, then tears down and exits. */
 export async function serveUntilStopped(server: Server, log: (line: string) => void): Promise<void> {
   let stopping = false;
+  server.onHandedOver = () => process.exit(HANDED_OVER_EXIT);
   const stop = (why: string) => {
-    if (stopping) return;
+    // A handover ends the queues too, but leaves the device to the next server; it ends the process itself.
+    if (stopping || server.handingOver) return;
     stopping = true;
     log(`stopping: ${why}`);
     void server.stop().then(() => {

@@ -36,6 +36,8 @@ export interface DeviceRecord {
   supervisor?: number;
   /** The flags ADD_DEV asked for, as hex (the kernel's answer is in GET_DEV_INFO): `features -n`. */
   flagsAsked?: string;
+  /** The code the server runs (version.ts), as it was when the server started: `list`, `upgrade`. */
+  version?: string;
 }
 
 /** The queues' counters as the server last published them, and when (ms since the epoch). */

@@ -1,12 +1,15 @@
 // `add --restart N`: a small supervisor that runs the server as its child and, when the server dies
 // (a crash, kill -9), starts a new one that re-attaches to the device (user recovery), up to N times, with
 // a log line per restart. A server that ends cleanly (del, SIGTERM) has deleted the device: then the
-// supervisor ends too. It is the process `add` talks to: it passes on the first server's report.
+// supervisor ends too. A server that handed its device over (`upgrade`) is no crash: the supervisor
+// starts the next one at once, from the code installed now, without counting a restart; `upgrade` waits
+// for it. It is the process `add` talks to: it passes on the first server's report.
 import { spawn } from 'node:child_process';
 import { addon } from './native.js';
 import { isKernelError } from './errors.js';
 import { log, report, type DaemonOptions } from './daemon.js';
 import { reattachOptions, type DeviceRecord } from './state.js';
+import { HANDED_OVER_EXIT } from './server.js';
 
 const BACKOFF_MS = 200;
 const BACKOFF_MAX_MS = 5000;
@@ -17,14 +20,22 @@ let current: ReturnType<typeof spawn> | undefined;
 interface Outcome {
   /** The server's final report (undefined if it died before making one). */
   msg?: { ok: boolean; error?: string; record?: DeviceRecord };
-  ended: Promise<string>;
+  ended: Promise<Ended>;
   pid?: number;
+}
+
+interface Ended {
+  how: string;
+  /** It handed the device over to a next server (upgrade). */
+  handedOver: boolean;
 }
 
 /** Starts a server; `relay` passes its report lines on to whoever started the supervisor. */
 function startServer(o: DaemonOptions, relay: boolean): Promise<Outcome> {
   const child = spawn(process.execPath, [process.argv[1], JSON.stringify(o)], { stdio: ['ignore', 'inherit', 'inherit', 'pipe'] });
-  const ended = new Promise<string>((r) => child.on('exit', (code, sig) => r(sig ? `killed by ${sig}` : `exit status ${code}`)));
+  const ended = new Promise<Ended>((r) =>
+    child.on('exit', (code, sig) => r({ how: sig ? `killed by ${sig}` : `exit status ${code}`, handedOver: code === HANDED_OVER_EXIT })),
+  );
   current = child;
   return new Promise((resolve) => {
     let buf = '';
@@ -77,18 +88,23 @@ export async function supervise(o: DaemonOptions, max: number): Promise<void> {
   for (let restarts = 1; ; restarts++) {
     if (stopping) break;
     if (!(await recoverable(id))) {
-      log(`server ${pid} ended (${ended}) and the device is gone: supervisor ends`);
+      log(`server ${pid} ended (${ended.how}) and the device is gone: supervisor ends`);
       break;
     }
-    if (restarts > max) {
-      log(`server ${pid} ended (${ended}); ${max} restarts used up: /dev/ublkb${id} waits for \`ublk-ts recover -n ${id}\` or \`ublk-ts del -n ${id}\``);
-      process.exit(1);
+    if (ended.handedOver) {
+      restarts--; // an upgrade, not a crash
+      log(`server ${pid} handed /dev/ublkb${id} over (upgrade): starting the next server`);
+    } else {
+      if (restarts > max) {
+        log(`server ${pid} ended (${ended.how}); ${max} restarts used up: /dev/ublkb${id} waits for \`ublk-ts recover -n ${id}\` or \`ublk-ts del -n ${id}\``);
+        process.exit(1);
+      }
+      log(`restart ${restarts}/${max}: server ${pid} ended (${ended.how}); re-attaching /dev/ublkb${id}`);
+      await new Promise((r) => setTimeout(r, Math.min(BACKOFF_MS << (restarts - 1), BACKOFF_MAX_MS)));
     }
-    log(`restart ${restarts}/${max}: server ${pid} ended (${ended}); re-attaching /dev/ublkb${id}`);
-    await new Promise((r) => setTimeout(r, Math.min(BACKOFF_MS << (restarts - 1), BACKOFF_MAX_MS)));
     if (stopping) break; // `del` came during the pause: it deletes the device, nothing is to be restarted
     const next = await startServer(again, false);
-    if (!next.msg?.ok) log(`restart ${restarts}/${max} failed: ${next.msg?.error ?? 'the server died before reporting'}`);
+    if (!next.msg?.ok) log(`${ended.handedOver ? 'the upgrade' : `restart ${restarts}/${max}`} failed: ${next.msg?.error ?? 'the server died before reporting'}`);
     ended = await next.ended;
     pid = next.pid;
   }
