@@ -1,7 +1,22 @@
-/* The module: the control commands, the class Device, the ABI table and the pidfd helpers. */
+/* The module: the control commands, the class Device, the ABI table, each native target's option keys and
+ * the pidfd helpers. */
 #include <napi.h>
 
 #include "exports.h"
+#include "target.h"
+
+/* { name: [keys its config is read by] } for every native target: a host test holds each index.ts to it. */
+static Napi::Object target_options(Napi::Env env)
+{
+	Napi::Object out = Napi::Object::New(env);
+	for (const struct target_ops *ops : target_all()) {
+		Napi::Array keys = Napi::Array::New(env);
+		for (const char *const *k = ops->options; k && *k; k++)
+			keys.Set(keys.Length(), Napi::String::New(env, *k));
+		out.Set(ops->name, keys);
+	}
+	return out;
+}
 
 static Napi::Object InitAddon(Napi::Env env, Napi::Object exports)
 {
@@ -9,6 +24,7 @@ static Napi::Object InitAddon(Napi::Env env, Napi::Object exports)
 	control_exports(env, exports);
 	exports.Set("Device", device_class(env));
 	exports.Set("abi", abi_table(env));
+	exports.Set("targetOptions", target_options(env));
 	return exports;
 }
 

@@ -25,11 +25,17 @@ std::string device_open(struct device *d)
 		return "open " + path + ": " + strerror(errno);
 
 	ctx->tgt.nr_queues = ctx->nr_queues;
+	ctx->tgt.cfg.declared = ctx->tgt.ops->options;
 	int ret = ctx->tgt.ops->init(&ctx->tgt);
 	if (ret < 0) {
 		d->target_failed = true;
 		const std::string &why = ctx->tgt.error;
 		return !why.empty() ? why : std::string("target ") + ctx->tgt.ops->name + ": " + strerror(-ret);
+	}
+	if (!ctx->tgt.cfg.undeclared.empty()) {
+		d->target_ready = true; /* initialised: deinit releases it */
+		return std::string("target ") + ctx->tgt.ops->name + " read option \"" + ctx->tgt.cfg.undeclared +
+		       "\", which its .options do not declare";
 	}
 	d->target_ready = true;
 	return "";

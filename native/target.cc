@@ -11,6 +11,11 @@ void target_register(const struct target_ops *ops)
 	registry().push_back(ops);
 }
 
+const std::vector<const struct target_ops *> &target_all()
+{
+	return registry();
+}
+
 const struct target_ops *target_find(const std::string &name)
 {
 	for (const struct target_ops *ops : registry())

@@ -15,6 +15,7 @@
  */
 #pragma once
 #include <stdint.h>
+#include <string.h>
 
 #include <map>
 #include <string>
@@ -74,10 +75,37 @@ struct target_config {
 	 * instead of its own. A target served in JavaScript gets JavaScript's Buffers, so its handlers work on
 	 * them in place. */
 	std::vector<void *> bufs;
+	/* The keys the target reads (its ops' .options), set by the engine; reading any other one is a
+	 * misspelling on one side or the other: it is noted here and fails the device's start (and the host
+	 * tests), instead of silently reading as absent. */
+	const char *const *declared = nullptr;
+	mutable std::string undeclared;
 	int64_t num(const char *key, int64_t dflt) const
 	{
-		auto it = nums.find(key);
+		auto it = nums.find(check(key));
 		return it == nums.end() ? dflt : it->second;
+	}
+	/* A string option, or null if it was not given. */
+	const std::string *str(const char *key) const
+	{
+		auto it = strs.find(check(key));
+		return it == strs.end() ? nullptr : &it->second;
+	}
+	/* A repeated numeric option, or null if it was not given. */
+	const std::vector<int64_t> *list(const char *key) const
+	{
+		auto it = lists.find(check(key));
+		return it == lists.end() ? nullptr : &it->second;
+	}
+
+	const char *check(const char *key) const
+	{
+		for (const char *const *k = declared; k && *k; k++)
+			if (!strcmp(*k, key))
+				return key;
+		if (undeclared.empty())
+			undeclared = key;
+		return key;
 	}
 };
 
@@ -164,6 +192,9 @@ struct target_ops {
 	/* Optional: an operator's command to the running target (`ublk-ts <target> <verb>`), as text; the
 	 * reply is the text of a JSON object. On libuv's pool while queues run: it may block, not for long. */
 	std::string (*command)(struct target *t, const std::string &cmd) = nullptr;
+	/* The option keys it reads from its config (num, str, list), null-terminated: one list beside the
+	 * code that reads them; the host tests hold its index.ts to the same list. */
+	const char *const *options = nullptr;
 };
 
 /* Member builder for queue_io. Past MAX_MEMBERS it marks the request failed and returns a scratch slot,
@@ -220,6 +251,7 @@ int queue_complete_remote(struct queue *q, const struct remote_completion &c);
 
 void target_register(const struct target_ops *ops);
 const struct target_ops *target_find(const std::string &name);
+const std::vector<const struct target_ops *> &target_all();
 
 /* Each target's .cc registers itself at load time, so a new target is a new folder and nothing else. */
 #define UBLK_TARGET(ops)                                   \

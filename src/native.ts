@@ -154,6 +154,8 @@ interface Addon {
   pidfdExited(fd: number): boolean;
   Device: new (o: DeviceOptions) => NativeDevice;
   abi: Abi;
+  /** Each native target's option keys (its ops table's .options): what its index.ts may pass. */
+  targetOptions: Record<string, string[]>;
 }
 
 // The package root: the nearest folder up with a package.json (this file runs from src/ or dist/src/).

@@ -79,6 +79,8 @@ static void bridge_queue_idle(struct tq *tq)
 	tq->t->cfg.js->post(tq->t->cfg.js->ctx, std::move(batch));
 }
 
+static const char *const bridge_options[] = {"routes", nullptr};
+
 static const struct target_ops bridge_target_ops = {
 	.name = "bridge",
 	.init = bridge_init,
@@ -86,5 +88,6 @@ static const struct target_ops bridge_target_ops = {
 	.queue_deinit = bridge_queue_deinit,
 	.queue_io = bridge_queue_io,
 	.queue_idle = bridge_queue_idle,
+	.options = bridge_options,
 };
 UBLK_TARGET(bridge_target_ops)

@@ -40,10 +40,10 @@ static const struct range *hit(const std::vector<struct range> &rs, const struct
 static std::vector<struct range> ranges(const struct target_config &cfg, const char *key, unsigned per)
 {
 	std::vector<struct range> out;
-	auto it = cfg.lists.find(key);
-	if (it == cfg.lists.end())
+	const std::vector<int64_t> *list = cfg.list(key);
+	if (!list)
 		return out;
-	const std::vector<int64_t> &v = it->second;
+	const std::vector<int64_t> &v = *list;
 	for (size_t i = 0; i + per <= v.size(); i += per)
 		out.push_back({(uint64_t)v[i], (uint64_t)v[i + 1], per > 2 ? (int)v[i + 2] : 0});
 	return out;
@@ -51,14 +51,15 @@ static std::vector<struct range> ranges(const struct target_config &cfg, const c
 
 static int fault_init(struct target *t)
 {
-	auto over = t->cfg.strs.find("over");
-	const struct target_ops *inner = over == t->cfg.strs.end() ? nullptr : target_find(over->second);
+	const std::string *over = t->cfg.str("over");
+	const struct target_ops *inner = over ? target_find(*over) : nullptr;
 	/* Only targets that keep no per-queue state can be wrapped. */
 	if (!inner || inner->queue_init || std::string(inner->name) == "fault")
 		return -EINVAL;
 	auto *f = new fault();
 	f->inner.ops = inner;
 	f->inner.cfg = t->cfg;
+	f->inner.cfg.declared = inner->options; /* its own keys, among those given to both */
 	int64_t us = t->cfg.num("delay-us", 0);
 	f->delayed = us > 0;
 	f->delay = {us / 1000000, (us % 1000000) * 1000};
@@ -73,6 +74,8 @@ static int fault_init(struct target *t)
 		return ret;
 	}
 	t->priv = f;
+	if (t->cfg.undeclared.empty())
+		t->cfg.undeclared = f->inner.cfg.undeclared;
 	return 0;
 }
 
@@ -167,6 +170,8 @@ static enum member_fold fault_on_member(struct tq *tq, struct request *req, unsi
 	return inner->on_member ? inner->on_member(inner_tq(tq), req, idx, res) : FOLD_DEFAULT;
 }
 
+static const char *const fault_options[] = {"over", "delay-us", "fail-range", "stall-range", "corrupt-range", "fail-after", "fail-queue-after", nullptr};
+
 static const struct target_ops fault_target_ops = {
 	.name = "fault",
 	.init = fault_init,
@@ -176,5 +181,6 @@ static const struct target_ops fault_target_ops = {
 	.queue_io = fault_queue_io,
 	.on_member = fault_on_member,
 	.on_cqe = fault_on_cqe,
+	.options = fault_options,
 };
 UBLK_TARGET(fault_target_ops)

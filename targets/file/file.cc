@@ -50,10 +50,13 @@ static void file_on_cqe(struct tq *tq, struct request *req, uint64_t, const stru
 	request_complete(tq, req, cqe->res < 0 ? cqe->res : 0);
 }
 
+static const char *const file_options[] = {"block-discard", nullptr};
+
 static const struct target_ops file_target_ops = {
 	.name = "file",
 	.init = file_init,
 	.queue_io = file_queue_io,
 	.on_cqe = file_on_cqe,
+	.options = file_options,
 };
 UBLK_TARGET(file_target_ops)

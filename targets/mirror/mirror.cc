@@ -336,6 +336,8 @@ static std::string mirror_command_op(struct target *t, const std::string &cmd)
 	return mirror_command(static_cast<struct mirror *>(t->priv), cmd);
 }
 
+static const char *const mirror_options[] = {"block-discard", "lbs", "bitmap-chunk-shift", "assume-clean", "claim-legs", "resync-rate", nullptr};
+
 static const struct target_ops mirror_target_ops = {
 	.name = "mirror",
 	.init = mirror_init,
@@ -351,5 +353,6 @@ static const struct target_ops mirror_target_ops = {
 	.queue_ops = BITMAP_QUEUE_OPS,
 	.status = mirror_status,
 	.command = mirror_command_op,
+	.options = mirror_options,
 };
 UBLK_TARGET(mirror_target_ops)

@@ -376,26 +376,25 @@ int nbd_handshake(const struct server &s, int cancel, struct export_info *ei, st
 
 int nbd_server_from(const struct target_config &cfg, struct server *s, std::string *why)
 {
-	auto exp = cfg.strs.find("export");
-	s->export_name = exp == cfg.strs.end() ? std::string() : exp->second;
+	const std::string *exp = cfg.str("export");
+	s->export_name = exp ? *exp : std::string();
 	s->timeout_ms = std::max<int64_t>(1, cfg.num("timeout", 30)) * 1000;
-	auto sock = cfg.strs.find("socket");
-	if (sock != cfg.strs.end()) {
+	if (const std::string *sock = cfg.str("socket")) {
 		struct address a = {};
 		auto *un = (struct sockaddr_un *)&a.sa;
-		if (sock->second.empty() || sock->second.size() >= sizeof(un->sun_path)) {
+		if (sock->empty() || sock->size() >= sizeof(un->sun_path)) {
 			*why = "--socket: the path must have 1 to " + std::to_string(sizeof(un->sun_path) - 1) + " bytes";
 			return -EINVAL;
 		}
 		un->sun_family = AF_UNIX;
-		memcpy(un->sun_path, sock->second.c_str(), sock->second.size() + 1);
+		memcpy(un->sun_path, sock->c_str(), sock->size() + 1);
 		a.len = sizeof(*un);
 		s->addrs.push_back(a);
-		s->endpoint = "unix:" + sock->second;
+		s->endpoint = "unix:" + *sock;
 		return 0;
 	}
-	auto host = cfg.strs.find("host");
-	if (host == cfg.strs.end() || host->second.empty()) {
+	const std::string *host = cfg.str("host");
+	if (!host || host->empty()) {
 		*why = "needs --host or --socket";
 		return -EINVAL;
 	}
@@ -403,9 +402,9 @@ int nbd_server_from(const struct target_config &cfg, struct server *s, std::stri
 	struct addrinfo hints = {}, *res = nullptr;
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
-	int r = getaddrinfo(host->second.c_str(), port.c_str(), &hints, &res);
+	int r = getaddrinfo(host->c_str(), port.c_str(), &hints, &res);
 	if (r != 0) {
-		*why = "--host " + host->second + ": " + gai_strerror(r);
+		*why = "--host " + (*host) + ": " + gai_strerror(r);
 		return -EHOSTUNREACH;
 	}
 	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
@@ -416,7 +415,7 @@ int nbd_server_from(const struct target_config &cfg, struct server *s, std::stri
 	}
 	freeaddrinfo(res);
 	s->tcp = true;
-	bool v6 = host->second.find(':') != std::string::npos;
-	s->endpoint = (v6 ? "[" + host->second + "]" : host->second) + ":" + port;
+	bool v6 = host->find(':') != std::string::npos;
+	s->endpoint = (v6 ? "[" + (*host) + "]" : (*host)) + ":" + port;
 	return 0;
 }

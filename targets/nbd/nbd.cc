@@ -65,14 +65,10 @@ static int nbd_init(struct target *t)
 	auto *n = new nbd();
 	const struct target_config &cfg = t->cfg;
 	std::string why;
-	auto str = [&cfg](const char *k) {
-		auto it = cfg.strs.find(k);
-		return it == cfg.strs.end() ? std::string() : it->second;
-	};
 	n->reconnect = (unsigned)std::max<int64_t>(0, cfg.num("reconnect", 0));
 	int r = nbd_server_from(cfg, &n->srv, &why);
 	if (r == 0)
-		r = nbd_choose_send(n, str("send"), &why);
+		r = nbd_choose_send(n, cfg.str("send") ? *cfg.str("send") : std::string(), &why);
 	if (r == 0)
 		r = nbd_connect(n, t->nr_queues, &why);
 	if (r < 0)
@@ -132,6 +128,8 @@ static std::string nbd_status(const struct target *t)
 	return s + "}";
 }
 
+static const char *const nbd_options[] = {"host", "port", "socket", "export", "timeout", "reconnect", "send", nullptr};
+
 static const struct target_ops nbd_target_ops = {
 	.name = "nbd",
 	.init = nbd_init,
@@ -145,5 +143,6 @@ static const struct target_ops nbd_target_ops = {
 	.queue_idle = nbd_queue_idle,
 	.queue_ops = 4, /* the reply receive, the timer, the reconnect wake-up, the socket swap */
 	.status = nbd_status,
+	.options = nbd_options,
 };
 UBLK_TARGET(nbd_target_ops)

@@ -166,6 +166,8 @@ static void stripe_on_cqe(struct tq *tq, struct request *req, uint64_t, const st
 	discard_fanout_done(tq, req, &static_cast<struct stripe_q *>(tq->priv)->discards[req->tag], cqe->res, share_range);
 }
 
+static const char *const stripe_options[] = {"chunk-shift", "block-discard", nullptr};
+
 static const struct target_ops stripe_target_ops = {
 	.name = "stripe",
 	.init = stripe_init,
@@ -175,5 +177,6 @@ static const struct target_ops stripe_target_ops = {
 	.queue_io = stripe_queue_io,
 	.on_member = stripe_on_member,
 	.on_cqe = stripe_on_cqe,
+	.options = stripe_options,
 };
 UBLK_TARGET(stripe_target_ops)

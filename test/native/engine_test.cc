@@ -888,3 +888,21 @@ TEST(teardown_keeps_the_buffers_of_members_that_never_end)
 	for (struct io &io : h.q.ios)
 		free(io.buf); /* the test is the kernel: nothing writes into them any more */
 }
+
+TEST(options_a_read_of_a_key_the_target_does_not_declare_is_noted)
+{
+	static const char *const declared[] = {"rate", "name", "ranges", nullptr};
+	struct target_config cfg;
+	cfg.declared = declared;
+	cfg.nums["rate"] = 7;
+	cfg.strs["name"] = "x";
+	cfg.lists["ranges"] = {1, 2};
+	CHECK_EQ(cfg.num("rate", 0), 7);
+	CHECK(cfg.str("name") && *cfg.str("name") == "x");
+	CHECK(cfg.list("ranges") && cfg.list("ranges")->size() == 2);
+	CHECK(cfg.undeclared.empty());
+	/* Misspelt: absent, as before, but noted (device_open then fails the start). */
+	CHECK_EQ(cfg.num("rte", 3), 3);
+	CHECK(cfg.str("nme") == nullptr);
+	CHECK_CONTAINS(cfg.undeclared, "rte");
+}

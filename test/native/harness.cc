@@ -64,6 +64,7 @@ harness::harness(enum data_mode mode, uint16_t depth, uint32_t max_io, const str
 	dev.mode = mode;
 	dev.ublkc_fd = -1;
 	dev.tgt.ops = real ? real : &ops;
+	dev.tgt.cfg.declared = dev.tgt.ops->options;
 	dev.tgt.priv = this;
 	dev.on_queue_failed = [this] { queue_failed_cb = true; };
 	descs.assign(depth, ublksrv_io_desc{});
@@ -77,6 +78,9 @@ harness::~harness()
 {
 	stop();
 	close(q.wake_fd);
+	/* Every option a real target read is one its ops table declares. */
+	if (!dev.tgt.cfg.undeclared.empty())
+		test_fail(__FILE__, __LINE__, dev.tgt.ops->name + std::string(" read option \"") + dev.tgt.cfg.undeclared + "\", not in its .options");
 }
 
 void harness::start()

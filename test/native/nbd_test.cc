@@ -25,6 +25,7 @@ struct nbd_rig {
 		  h(MODE_AUTO_LEASE, 4, 1 << 16, target_find("nbd"))
 	{
 		h.dev.tgt.cfg = srv.config();
+		h.dev.tgt.cfg.declared = ops->options;
 		CHECK_EQ(ops->init(&h.dev.tgt), 0);
 		h.start();
 	}
