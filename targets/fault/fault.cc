@@ -1,6 +1,10 @@
 /*
- * fault: wraps another native target (file or null) and injects what a test needs, like kublk's
- * fault_inject: requests that fail, never complete, complete late, or read back corrupted.
+ * fault: wraps another native target (file, null, mirror, stripe, nbd) and injects what a test needs, like
+ * kublk's fault_inject: requests that fail, never complete, complete late, or read back corrupted.
+ *
+ * The wrapper contract (nbdkit's filters): the wrapped target is a whole target of its own, with its own
+ * config, files and per-queue state, seen through a tq of its own on the same queue; every hook the
+ * wrapper does not act on is passed on to it unchanged.
  *
  * It is the first consumer of the asynchronous contract: a delayed request is pending behind a ring
  * timeout of the target's own and is handed to the wrapped target when it fires; a stalled one is pending
@@ -19,6 +23,8 @@ struct range {
 
 /* The cookie of our delay timeouts; the wrapped target's own ring ops (file's discards) use others. */
 #define FAULT_DELAY 0xff
+/* Room in the CQ for the wrapped target's queue-wide ops (the engine sizes it by the outer table). */
+#define FAULT_INNER_QUEUE_OPS 80
 
 struct fault {
 	struct target inner;
@@ -53,13 +59,13 @@ static int fault_init(struct target *t)
 {
 	const std::string *over = t->cfg.str("over");
 	const struct target_ops *inner = over ? target_find(*over) : nullptr;
-	/* Only targets that keep no per-queue state can be wrapped. */
-	if (!inner || inner->queue_init || std::string(inner->name) == "fault")
+	if (!inner || inner == t->ops || inner->queue_ops > FAULT_INNER_QUEUE_OPS)
 		return -EINVAL;
 	auto *f = new fault();
 	f->inner.ops = inner;
 	f->inner.cfg = t->cfg;
 	f->inner.cfg.declared = inner->options; /* its own keys, among those given to both */
+	f->inner.nr_queues = t->nr_queues;
 	int64_t us = t->cfg.num("delay-us", 0);
 	f->delayed = us > 0;
 	f->delay = {us / 1000000, (us % 1000000) * 1000};
@@ -70,9 +76,12 @@ static int fault_init(struct target *t)
 	f->fail_queue_after = t->cfg.num("fail-queue-after", 0);
 	int ret = inner->init(&f->inner);
 	if (ret < 0) {
+		t->error = f->inner.error;
 		delete f;
 		return ret;
 	}
+	/* What it registers (an nbd target's sockets, a mirror's free slots) is what the ring gets. */
+	t->cfg.fds = f->inner.cfg.fds;
 	t->priv = f;
 	if (t->cfg.undeclared.empty())
 		t->cfg.undeclared = f->inner.cfg.undeclared;
@@ -88,23 +97,35 @@ static void fault_deinit(struct target *t)
 	t->priv = nullptr;
 }
 
-/* The wrapped target sees the same queue, as itself. */
+static struct tq *inner_tq(struct tq *tq)
+{
+	return static_cast<::tq *>(tq->priv);
+}
+
+static const struct target_ops *inner_ops(const struct tq *tq)
+{
+	return static_cast<const struct fault *>(tq->t->priv)->inner.ops;
+}
+
+/* The wrapped target sees the same queue, as itself, with its own per-queue state. */
 static int fault_queue_init(struct tq *tq)
 {
 	auto *f = static_cast<struct fault *>(tq->t->priv);
 	tq->priv = new ::tq{tq->q, &f->inner, nullptr, tq->q_id, tq->depth};
-	return 0;
+	int ret = f->inner.ops->queue_init ? f->inner.ops->queue_init(inner_tq(tq)) : 0;
+	if (ret < 0) {
+		delete inner_tq(tq);
+		tq->priv = nullptr;
+	}
+	return ret;
 }
 
 static void fault_queue_deinit(struct tq *tq)
 {
-	delete static_cast<::tq *>(tq->priv);
+	if (inner_ops(tq)->queue_deinit)
+		inner_ops(tq)->queue_deinit(inner_tq(tq));
+	delete inner_tq(tq);
 	tq->priv = nullptr;
-}
-
-static struct tq *inner_tq(struct tq *tq)
-{
-	return static_cast<::tq *>(tq->priv);
 }
 
 static int fault_queue_io(struct tq *tq, struct request *req)
@@ -140,8 +161,9 @@ static int fault_queue_io(struct tq *tq, struct request *req)
 static void fault_on_cqe(struct tq *tq, struct request *req, uint64_t cookie, const struct io_uring_cqe *cqe)
 {
 	auto *f = static_cast<struct fault *>(tq->t->priv);
-	if (cookie != FAULT_DELAY) {
-		f->inner.ops->on_cqe(inner_tq(tq), req, cookie, cqe);
+	if (!req || cookie != FAULT_DELAY) {
+		if (f->inner.ops->on_cqe)
+			f->inner.ops->on_cqe(inner_tq(tq), req, cookie, cqe);
 		return;
 	}
 	if (cqe->res != -ETIME) {
@@ -151,6 +173,36 @@ static void fault_on_cqe(struct tq *tq, struct request *req, uint64_t cookie, co
 	/* The delay is over: now the wrapped target describes the request, or keeps it (a discard). */
 	if (f->inner.ops->queue_io(inner_tq(tq), req) == QUEUE_IO_DONE)
 		request_complete(tq, req, req->result);
+}
+
+static void fault_on_release(struct tq *tq, struct request *req)
+{
+	if (inner_ops(tq)->on_release)
+		inner_ops(tq)->on_release(inner_tq(tq), req);
+}
+
+static void fault_on_done(struct tq *tq, struct request *req, int32_t result)
+{
+	if (inner_ops(tq)->on_done)
+		inner_ops(tq)->on_done(inner_tq(tq), req, result);
+}
+
+static void fault_queue_idle(struct tq *tq)
+{
+	if (inner_ops(tq)->queue_idle)
+		inner_ops(tq)->queue_idle(inner_tq(tq));
+}
+
+static std::string fault_status(const struct target *t)
+{
+	const struct target *inner = &static_cast<const struct fault *>(t->priv)->inner;
+	return inner->ops->status ? inner->ops->status(inner) : std::string();
+}
+
+static std::string fault_command(struct target *t, const std::string &cmd)
+{
+	struct target *inner = &static_cast<struct fault *>(t->priv)->inner;
+	return inner->ops->command ? inner->ops->command(inner, cmd) : std::string("{\"ok\":false,\"error\":\"the wrapped target has no verbs\"}");
 }
 
 static enum member_fold fault_on_member(struct tq *tq, struct request *req, unsigned idx, int res)
@@ -180,7 +232,13 @@ static const struct target_ops fault_target_ops = {
 	.queue_deinit = fault_queue_deinit,
 	.queue_io = fault_queue_io,
 	.on_member = fault_on_member,
+	.on_release = fault_on_release,
+	.on_done = fault_on_done,
 	.on_cqe = fault_on_cqe,
+	.queue_idle = fault_queue_idle,
+	.queue_ops = FAULT_INNER_QUEUE_OPS,
+	.status = fault_status,
+	.command = fault_command,
 	.options = fault_options,
 };
 UBLK_TARGET(fault_target_ops)

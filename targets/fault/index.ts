@@ -1,6 +1,7 @@
-// fault: wraps the file or null target and injects failures, stalls, delays and corruption, for testing
-// what sits above a block device (filesystems, RAID, databases) and ublk-ts itself. It takes the wrapped
-// target's options as they are.
+// fault: wraps another native target (file, null, mirror, stripe, nbd) and injects failures, stalls,
+// delays and corruption, for testing what sits above a block device (filesystems, RAID, databases) and
+// ublk-ts itself. It takes the wrapped target's options as they are, and what the wrapped target learns as
+// it starts (an export's size, a mirror's data size) is the device's.
 import os from 'node:os';
 import type { Options } from 'yargs';
 import type { TargetSpec } from '../../src/target.js';
@@ -8,8 +9,12 @@ import { parseSize } from '../../src/size.js';
 import { UserError } from '../../src/errors.js';
 import file from '../file/index.js';
 import nul from '../null/index.js';
+import mirror from '../mirror/index.js';
+import stripe from '../stripe/index.js';
+import nbd from '../nbd/index.js';
 
-const WRAPPED: Record<string, TargetSpec> = { file, null: nul };
+const WRAPPED: Record<string, TargetSpec> = { file, null: nul, mirror, stripe, nbd };
+const WRAPPED_NAMES = Object.keys(WRAPPED).join(', ');
 
 const rangeOption = (describe: string): Options => ({ type: 'string', array: true, describe });
 
@@ -48,12 +53,15 @@ function ranges(option: string, v: unknown, withErrno: boolean): number[] {
 
 const spec: TargetSpec = {
   name: 'fault',
-  describe: 'wraps file or null and injects errors, stalls, delays and corruption (for tests)',
+  describe: 'wraps file, null, mirror, stripe or nbd and injects errors, stalls, delays and corruption (for tests)',
   movesData: true,
   options: {
     ...nul.options,
     ...file.options,
-    over: { type: 'string', describe: 'the wrapped target: file or null' },
+    ...mirror.options,
+    ...stripe.options,
+    ...nbd.options,
+    over: { type: 'string', describe: `the wrapped target: ${WRAPPED_NAMES}` },
     'delay-us': { type: 'number', describe: 'complete every request this many microseconds late' },
     'fail-range': rangeOption('OFF:LEN[:ERRNO]: requests touching the range fail (default EIO); repeatable'),
     'fail-after': { type: 'number', describe: 'every request after the Nth fails with EIO' },
@@ -63,7 +71,7 @@ const spec: TargetSpec = {
   },
   async open(opts) {
     const over = opts.over;
-    if (typeof over !== 'string' || !(over in WRAPPED)) throw new UserError('the fault target needs --over file or --over null');
+    if (typeof over !== 'string' || !(over in WRAPPED)) throw new UserError(`the fault target needs --over TARGET, one of ${WRAPPED_NAMES}`);
     const delay = count('delay-us', opts['delay-us']);
     if (delay > 60_000_000) throw new UserError(`--delay-us must be at most 60000000 (a minute), not ${delay}`);
     const faults = {
@@ -74,7 +82,7 @@ const spec: TargetSpec = {
       'corrupt-range': ranges('corrupt-range', opts['corrupt-range'], false),
       'fail-queue-after': count('fail-queue-after', opts['fail-queue-after']),
     };
-    if (faults['corrupt-range'].length > 0 && over !== 'file') throw new UserError('--corrupt-range needs --over file (null has no data to corrupt)');
+    if (faults['corrupt-range'].length > 0 && over === 'null') throw new UserError('--corrupt-range needs a target with data (null has none)');
     const inner = await WRAPPED[over].open(opts);
     const said = Object.entries(faults)
       .filter(([, v]) => (Array.isArray(v) ? v.length > 0 : v > 0))
@@ -82,7 +90,7 @@ const spec: TargetSpec = {
     return {
       ...inner,
       options: { ...inner.options, ...faults, over },
-      userCopy: faults['corrupt-range'].length > 0,
+      userCopy: inner.userCopy === true || faults['corrupt-range'].length > 0,
       info: { ...inner.info, over, faults: said.join(',') || 'none' },
     };
   },

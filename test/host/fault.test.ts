@@ -24,12 +24,12 @@ describe('fault options', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-fault-'));
   const img = path.join(dir, 'disk.img');
   fs.writeFileSync(img, Buffer.alloc(1 << 20));
-  it('needs --over file or null', async () => {
-    await expect(fault.open({ file: img })).rejects.toThrow(/needs --over file or --over null/);
+  it('needs --over and a target it can wrap', async () => {
+    await expect(fault.open({ file: img })).rejects.toThrow(/needs --over TARGET, one of file, null, mirror, stripe, nbd/);
     await expect(fault.open({ over: 'fault' })).rejects.toThrow(/needs --over/);
   });
   it('refuses corruption without data to corrupt, and absurd delays', async () => {
-    await expect(fault.open({ over: 'null', 'corrupt-range': ['0:4k'] })).rejects.toThrow(/needs --over file/);
+    await expect(fault.open({ over: 'null', 'corrupt-range': ['0:4k'] })).rejects.toThrow(/--corrupt-range needs a target with data/);
     await expect(fault.open({ over: 'null', 'delay-us': 1e9 })).rejects.toThrow(/at most 60000000/);
     await expect(fault.open({ over: 'null', 'fail-after': -1 })).rejects.toThrow(/--fail-after must be a whole number/);
   });

@@ -34,6 +34,7 @@ const cases: { spec: TargetSpec; native: string; opts: Record<string, unknown> }
     native: 'fault',
     opts: { over: 'file', file: img('f.img'), 'fail-range': ['0:4k'], 'stall-range': ['8k:4k'], 'corrupt-range': ['16k:4k'], 'delay-us': 5, 'fail-after': 3, 'fail-queue-after': 4 },
   },
+  { spec: fault, native: 'fault', opts: { over: 'mirror', leg: [img('fm1.img'), img('fm2.img')], 'resync-rate': 5, 'fail-range': ['0:4k'] } },
 ];
 
 describe('option keys between index.ts and the native targets', () => {

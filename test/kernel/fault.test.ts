@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cli, cliJson, delAll, deletePromptly, dmDevice, fioInBackground, fioJob, hung, inBackground, noMerges, nothingLeft, readsInFlight, scratch, serverPids, sh, sleep, type AddedDevice } from './helpers.js';
+import { cli, cliJson, delAll, deletePromptly, dmDevice, FIO_VERIFY, fioInBackground, fioJob, hung, inBackground, nbdkit, noMerges, nothingLeft, readsInFlight, scratch, serverPids, sh, sleep, stopServer, type AddedDevice } from './helpers.js';
 
 afterEach(delAll);
 
@@ -63,6 +63,45 @@ describe('fault --corrupt-range', () => {
     const differ: number[] = [];
     for (let i = 0; i < want.length; i++) if (want[i] !== got[i]) differ.push(i);
     expect(differ).toEqual(Array.from({ length: 16 }, (_, k) => (1 << 20) + k * 512));
+  });
+});
+
+describe('fault over a target with state of its own (the wrapper contract)', () => {
+  // fio verify (crc32c) of 8 MiB outside the failing range, then a read inside it.
+  const verifyThenHit = (dev: string) => {
+    const job = fioJob(sh(`fio --output-format=json --name=v --filename=${dev} --rw=randwrite --bsrange=4k-64k --size=8M --iodepth=32 --ioengine=io_uring --direct=1 ${FIO_VERIFY}`));
+    expect(job.error).toBe(0);
+    expect(job.read.io_bytes).toBeGreaterThan(0); // verified
+    const hit = dd(`if=${dev} of=/dev/null bs=4k count=1 skip=${(16 << 20) / 4096} iflag=direct`);
+    expect(hit.ok).toBe(false);
+    expect(hit.err).toMatch(/Input\/output error/);
+  };
+
+  it('--over mirror: verify passes beside a failing range, the legs stay in sync and identical', () => {
+    const dir = scratch('fault-mirror');
+    const [a, b] = [path.join(dir, 'a.img'), path.join(dir, 'b.img')];
+    sh(`truncate -s 32M ${a} ${b}`);
+    const dev = cliJson<AddedDevice>('add', '--target', 'fault', '--over', 'mirror', '--leg', a, '--leg', b, '--assume-clean', '--fail-range', '16M:1M', '--queues', '2');
+    verifyThenHit(dev.blockDevice);
+    const info = cliJson<{ id: number; info: Record<string, unknown> }[]>('list').find((d) => d.id === dev.id)!.info;
+    expect(info.legs).toBe('in-sync,in-sync'); // an injected error is not a leg's
+    expect(info.faults).toBe('fail-range');
+    cliJson('del', '-n', String(dev.id));
+    expect(sh(`cmp -n ${8 << 20} ${a} ${b} && echo same`).trim()).toBe('same');
+  });
+
+  it("--over nbd: the export's size, verify passes beside a failing range", async () => {
+    const dir = scratch('fault-nbd');
+    const sock = path.join(dir, 'nbd.sock');
+    const server = await nbdkit(sock, 'memory', '32M');
+    try {
+      const dev = cliJson<AddedDevice>('add', '--target', 'fault', '--over', 'nbd', '--socket', sock, '--fail-range', '16M:1M', '--queues', '2');
+      expect(dev.size).toBe(32 << 20);
+      verifyThenHit(dev.blockDevice);
+      cliJson('del', '-n', String(dev.id));
+    } finally {
+      await stopServer(server);
+    }
   });
 });
 

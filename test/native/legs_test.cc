@@ -28,14 +28,23 @@ static const std::map<std::string, int64_t> MIRROR_CLEAN = {{"assume-clean", 1},
 struct legs_rig : harness {
 	const struct target_ops *ops;
 	std::vector<int> mine;
-	legs_rig(const char *name, unsigned n, std::map<std::string, int64_t> nums = {}, std::vector<int> fds = {})
-		: harness(MODE_AUTO_LEASE, 4, 1 << 20, target_find(name)), ops(target_find(name))
+	bool memory_legs = false;
+	/* fault_over: the legs' target wrapped in `fault` with these faults (its lists). */
+	legs_rig(const char *name, unsigned n, std::map<std::string, int64_t> nums = {}, std::vector<int> fds = {},
+		 std::map<std::string, std::vector<int64_t>> fault_over = {})
+		: harness(MODE_AUTO_LEASE, 4, 1 << 20, target_find(fault_over.empty() ? name : "fault")),
+		  ops(target_find(fault_over.empty() ? name : "fault"))
 	{
 		bool mirror = std::string(name) == "mirror";
+		memory_legs = mirror;
 		for (unsigned i = 0; fds.empty() && i < n; i++)
 			mine.push_back(mirror ? memory_leg() : 100 + (int)i);
 		dev.tgt.cfg.fds = fds.empty() ? mine : fds;
 		dev.tgt.cfg.nums = std::move(nums);
+		if (!fault_over.empty()) {
+			dev.tgt.cfg.strs["over"] = name;
+			dev.tgt.cfg.lists = std::move(fault_over);
+		}
 		if (mirror)
 			dev.tgt.cfg.nums.insert(MIRROR_CLEAN.begin(), MIRROR_CLEAN.end());
 		CHECK_EQ(ops->init(&dev.tgt), 0);
@@ -46,7 +55,7 @@ struct legs_rig : harness {
 		CHECK(stop());
 		ops->deinit(&dev.tgt);
 		for (int fd : mine)
-			if (ops == target_find("mirror"))
+			if (memory_legs)
 				close(fd);
 	}
 	std::string status() const { return ops->status(&dev.tgt); }
@@ -484,4 +493,20 @@ TEST(mirror_an_added_legs_file_is_in_the_ring_before_its_first_member)
 	CHECK_EQ(h.result(0), 4096);
 	CHECK_CONTAINS(h.status(), "\"legs\":\"in-sync,in-sync,");
 	close(fd);
+}
+
+TEST(fault_over_mirror_keeps_the_mirrors_own_queue_state_and_fails_only_its_range)
+{
+	legs_rig h("mirror", 2, {}, {}, {{"fail-range", {1 << 19, 4096, EIO}}});
+	/* The mirror's held write and its bitmap write, through the wrapper: its per-queue state works. */
+	h.harness::request(0, W, 0, 4096);
+	CHECK_EQ(h.count(UD_MEMBER), 0);
+	CHECK_EQ(h.write_bitmap(), 2u);
+	CHECK_EQ(h.legs_of(0), 0b11);
+	h.answer_members(0);
+	CHECK_EQ(h.result(0), 4096);
+	h.request(1, R, 1 << 19, 4096); /* the injected range: no member, an error */
+	CHECK_EQ(h.count(UD_MEMBER, 1), 0);
+	CHECK_EQ(h.result(1), -EIO);
+	CHECK_CONTAINS(h.status(), "\"legs\":\"in-sync,in-sync\""); /* the wrapped target's status */
 }
