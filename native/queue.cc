@@ -1,6 +1,6 @@
 /*
- * The queue thread: FETCH every tag, hand each fetched request to the target and its lease (lease.cc),
- * and COMMIT_AND_FETCH its result. Everything a queue does is submitted in batches: SQEs made while
+ * The queue thread: FETCH every tag, hand each fetched request to the target and the request engine
+ * (request.cc), and COMMIT_AND_FETCH its result (ring.cc). Everything a queue does is submitted in batches: SQEs made while
  * draining one batch of completions go to the kernel in the next single io_uring_enter().
  *
  * Stopping never strands a request: a drain (device stop, or a queue failure) fails what the target holds
@@ -20,73 +20,11 @@
 #define MAX_CQ_ENTRIES 65536u /* IORING_MAX_CQ_ENTRIES */
 #define NO_TAG 0xffffu
 
-struct io_uring_sqe *queue_sqe(struct queue *q)
-{
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&q->ring);
-	while (!sqe) {
-		/* SQ full: hand what we have to the kernel and take a fresh slot. */
-		io_uring_submit(&q->ring);
-		sqe = io_uring_get_sqe(&q->ring);
-	}
-	return sqe;
-}
-
-void queue_set_error(struct queue *q, const std::string &msg)
-{
-	std::lock_guard<std::mutex> g(q->error_lock);
-	if (q->error.empty())
-		q->error = msg;
-}
-
-std::string queue_error(struct queue *q)
-{
-	std::lock_guard<std::mutex> g(q->error_lock);
-	return q->error;
-}
-
-static void prep_io_cmd(struct queue *q, struct io *io, uint32_t op, int32_t result)
-{
-	const struct device_ctx *dev = q->dev;
-	struct ublksrv_io_cmd cmd = {};
-	cmd.q_id = q->q_id;
-	cmd.tag = io->req.tag;
-	cmd.result = result;
-	if (dev->mode == MODE_COPY)
-		cmd.addr = (uint64_t)(uintptr_t)io->buf;
-	struct io_uring_sqe *sqe = queue_sqe(q);
-	ublk_prep_cmd(sqe, 0, op, &cmd, sizeof(cmd), sizeof(*sqe));
-	sqe->flags = IOSQE_FIXED_FILE;
-	/* Auto-lease: tell the driver which slot to lease the next request of this tag into. */
-	if (dev->mode == MODE_AUTO_LEASE)
-		sqe->addr = auto_slot(q, io->req.tag) | (uint64_t)UBLK_AUTO_BUF_REG_FALLBACK << 16;
-	io_uring_sqe_set_data64(sqe, ud_make(io->req.tag, UD_CMD, 0));
-}
-
-void queue_commit(struct queue *q, struct io *io, int32_t result)
-{
-	io->state = IO_COMMITTING;
-	q->nr_serving--;
-	prep_io_cmd(q, io, UBLK_U_IO_COMMIT_AND_FETCH_REQ, result);
-}
-
 /* ---- what targets call ---- */
-
-void request_run(struct tq *tq, struct request *req)
-{
-	if (req->open)
-		lease_run(tq->q, &tq->q->ios[req->tag]);
-}
 
 bool tq_draining(const struct tq *tq)
 {
 	return tq->q->draining;
-}
-
-void request_complete(struct tq *tq, struct request *req, int32_t result)
-{
-	struct io *io = &tq->q->ios[req->tag];
-	if (io->held && io->state == IO_SERVING)
-		lease_release(tq->q, io, result);
 }
 
 struct io_uring_sqe *tq_sqe(struct tq *tq, struct request *req, uint64_t cookie)
@@ -559,7 +497,7 @@ void queue_run(struct queue *q, const std::function<void()> &ready)
 		ret = setup_ios(q);
 	if (ret == 0) {
 		for (struct io &io : q->ios)
-			prep_io_cmd(q, &io, UBLK_U_IO_FETCH_REQ, 0);
+			queue_prep_cmd(q, &io, UBLK_U_IO_FETCH_REQ, 0);
 		arm_wake(q);
 		ret = io_uring_submit(&q->ring);
 		if (ret < 0)

@@ -129,13 +129,15 @@ std::string queue_error(struct queue *q);
 /* SQE helpers shared by the queue loop and the lease. */
 struct io_uring_sqe *queue_sqe(struct queue *q);
 void queue_commit(struct queue *q, struct io *io, int32_t result);
+/* FETCH or COMMIT_AND_FETCH (op) of io's tag, with result. */
+void queue_prep_cmd(struct queue *q, struct io *io, uint32_t op, int32_t result);
 void queue_set_error(struct queue *q, const std::string &msg);
 static inline uint64_t ud_make(uint16_t tag, enum ud_kind kind, uint8_t index, uint32_t gen = 0)
 {
 	return (uint64_t)tag | (uint64_t)kind << 16 | (uint64_t)index << 24 | (uint64_t)gen << 32;
 }
 
-/* The lease: see lease.cc. */
+/* The request engine: see request.cc. */
 static inline uint16_t auto_slot(const struct queue *, uint16_t tag)
 {
 	return tag;

@@ -231,7 +231,7 @@ void *request_buf(struct tq *tq, struct request *req);
  * 8 bits with a request, 48 without). Bound to req when given: at most MAX_REQUEST_OPS in flight. */
 struct io_uring_sqe *tq_sqe(struct tq *tq, struct request *req, uint64_t cookie);
 /* Puts fd in the queue's fixed file `file` (an fd of -1 among the target's files at init reserves a slot),
- * for a target whose files change while it runs (a mirror's new leg). Queue thread only; 0 or -errno. */
+ * for a target whose files change while it runs (a backend added online). Queue thread only; 0 or -errno. */
 int tq_set_file(struct tq *tq, unsigned file, int fd);
 /* The queue is stopping or has failed: a request held now would be ended at once (on_release). */
 bool tq_draining(const struct tq *tq);

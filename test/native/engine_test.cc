@@ -1,4 +1,4 @@
-/* The request engine (native/queue.cc, native/lease.cc) on the fake kernel, with scripted targets. */
+/* The request engine (native/queue.cc, native/request.cc) on the fake kernel, with scripted targets. */
 #include <errno.h>
 #include <sys/mman.h>
 

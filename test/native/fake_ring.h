@@ -1,6 +1,6 @@
 /*
  * A fake kernel behind liburing: the test binary links these definitions of liburing's few out-of-line
- * functions instead of -luring, so native/queue.cc and native/lease.cc run unchanged (their inline
+ * functions instead of -luring, so native/queue.cc and native/request.cc run unchanged (their inline
  * io_uring_get_sqe, for_each_cqe and cq_advance work on ring memory the fake owns).
  *
  * The queue thread and the test take turns: when the queue would wait for a completion with none there

@@ -1,5 +1,5 @@
 /*
- * One queue of a device, served by the real engine (native/queue.cc, native/lease.cc) on the fake kernel,
+ * One queue of a device, served by the real engine (native/queue.cc, native/request.cc) on the fake kernel,
  * for a target whose callbacks the test scripts. The test plays the kernel: it hands requests to tags,
  * answers the SQEs the engine submits and reads what was committed.
  */

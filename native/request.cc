@@ -1,5 +1,8 @@
 /*
- * The lease: how one request's buffer is lent to its members and handed back.
+ * The request engine: one request, from the target's members to its commit, in every data mode. Called by
+ * the queue thread (queue.cc) and by targets (request_run, request_complete, request_buf); it calls only
+ * the ring (ring.cc) and the target's hooks. On the lease, the request's buffer is lent to its members and
+ * handed back:
  *
  *   leader    UBLK_U_IO_REGISTER_IO_BUF puts the request's pages into this ring's sparse buffer table
  *             (lease mode; in auto-lease mode the driver did it before the request reached us)
@@ -472,4 +475,19 @@ void lease_cancel_members(struct queue *q, struct io *io)
 		io_uring_sqe_set_data64(sqe, ud_make(io->req.tag, UD_CANCEL, i));
 		sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
 	}
+}
+
+/* ---- what targets call ---- */
+
+void request_run(struct tq *tq, struct request *req)
+{
+	if (req->open)
+		lease_run(tq->q, &tq->q->ios[req->tag]);
+}
+
+void request_complete(struct tq *tq, struct request *req, int32_t result)
+{
+	struct io *io = &tq->q->ios[req->tag];
+	if (io->held && io->state == IO_SERVING)
+		lease_release(tq->q, io, result);
 }
