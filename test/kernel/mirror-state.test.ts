@@ -150,18 +150,19 @@ describe('resync', () => {
     const [a, b] = [path.join(dir, 'a.img'), path.join(dir, 'b.img')];
     sh(`head -c 64M /dev/urandom > ${a} && truncate -s 64M ${b}`);
     // leg 1 is the copy; --claim-legs: its random tail may take the metadata
-    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', a, '--leg', b, '--claim-legs', '--resync-rate', '8', '--queues', '1');
+    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', a, '--leg', b, '--claim-legs', '--resync-rate', '4', '--queues', '1');
     const size = Number(info(dev.id).dataSize);
-    await waitFor('half copied', () => Number(info(dev.id).resync ?? 0) > 50, 60_000);
-    // Progress where an operator looks: list, stats (percent, rate, time left).
+    // Progress where an operator looks, early (each command takes a second or more here): list, stats.
+    await waitFor('started', () => Number(info(dev.id).resync ?? 0) > 1, 60_000);
     expect(cli('list').stdout).toMatch(new RegExp(`\\[resync \\d+\\.\\d% at [\\d.]+ MB/s, \\d+ s left\\]`));
     const stats = cliJson<{ devices: { id: number; progress?: string }[] }>('stats', '-n', String(dev.id)).devices[0];
     expect(stats.progress).toMatch(/^resync \d+\.\d% at [\d.]+ MB\/s, \d+ s left$/);
+    await waitFor('half copied', () => Number(info(dev.id).resync ?? 0) > 50, 60_000);
     process.kill(dev.pid, 'SIGKILL');
     await waitFor('quiesced', () => stateOf(dev.id) !== 'live', 10_000);
     cliJson('recover', '-n', String(dev.id));
     await legsAre(dev.id, 'in-sync,in-sync');
-    // From a checkpoint at most a second (8 MiB) old: about half is left; a restart would copy it all.
+    // From a checkpoint at most a second (4 MiB) old: about half is left; a restart would copy it all.
     const copied = Number(info(dev.id).resyncCopied);
     expect(copied).toBeGreaterThan(0);
     expect(copied).toBeLessThan(size * 0.7);
