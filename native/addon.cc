@@ -1,6 +1,8 @@
-/* The module: the control commands, the class Device, the ABI table, each native target's option keys and
- * the pidfd helpers. */
+/* The module: the control commands, the class Device, the ABI table, each native target's option keys, the
+ * pidfd helpers and the targets' own N-API functions. */
 #include <napi.h>
+
+#include <vector>
 
 #include "exports.h"
 #include "target.h"
@@ -18,6 +20,17 @@ static Napi::Object target_options(Napi::Env env)
 	return out;
 }
 
+static std::vector<napi_part> &part_registry()
+{
+	static std::vector<napi_part> parts;
+	return parts;
+}
+
+void napi_part_register(napi_part add)
+{
+	part_registry().push_back(add);
+}
+
 static Napi::Object InitAddon(Napi::Env env, Napi::Object exports)
 {
 	pidfd_exports(env, exports);
@@ -25,6 +38,8 @@ static Napi::Object InitAddon(Napi::Env env, Napi::Object exports)
 	exports.Set("Device", device_class(env));
 	exports.Set("abi", abi_table(env));
 	exports.Set("targetOptions", target_options(env));
+	for (napi_part add : part_registry())
+		add(env, exports);
 	return exports;
 }
 

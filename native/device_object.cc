@@ -22,7 +22,7 @@ class Device : public Napi::ObjectWrap<Device> {
 				    InstanceMethod("join", &Device::Join),
 				    InstanceMethod("forceStop", &Device::ForceStop), InstanceMethod("close", &Device::Close),
 				    InstanceMethod("status", &Device::Status), InstanceMethod("stats", &Device::Stats),
-				    InstanceMethod("complete", &Device::Complete), InstanceMethod("charFd", &Device::CharFd),
+				    InstanceMethod("charFd", &Device::CharFd),
 				    InstanceMethod("command", &Device::Command)});
 	}
 
@@ -62,14 +62,14 @@ class Device : public Napi::ObjectWrap<Device> {
 				c.tgt.cfg.fds.push_back(fds.Get(i).As<Napi::Number>().Int32Value());
 		}
 		if (o.Has("handler") && o.Get("handler").IsFunction()) {
-			/* The way to JavaScript of a target served there: batches of descriptors, from the queue threads. */
+			/* The target's channel to JavaScript (cfg.js): bytes from the queue threads, as Buffers. */
 			js_fn_ = Napi::ThreadSafeFunction::New(env, o.Get("handler").As<Napi::Function>(), "ublk-ts target handler", 0, 1);
 			js_ = {post_to_js, &js_fn_};
 			c.tgt.cfg.js = &js_;
 		}
 		if (o.Has("buffers") && o.Get("buffers").IsArray()) {
-			/* The tag buffers, JavaScript's: referenced here so that no collection frees one while a
-			 * queue thread copies into it. */
+			/* The copy buffers, JavaScript's (cfg.bufs): referenced here so that no collection frees one
+			 * while a queue thread copies into it. */
 			Napi::Array a = o.Get("buffers").As<Napi::Array>();
 			if (a.Length() != (size_t)c.nr_queues * c.depth) {
 				Napi::TypeError::New(env, "buffers: one per tag of every queue expected").ThrowAsJavaScriptException();
@@ -104,6 +104,8 @@ class Device : public Napi::ObjectWrap<Device> {
 			}
 		}
 	}
+
+	struct device *data_plane() { return &dev_; }
 
 	/* Only reached when no worker holds a reference (see DeviceWorker): nothing else touches dev_. If
 	 * JavaScript dropped a started device without close(), this stops its threads, which end promptly. */
@@ -289,34 +291,6 @@ class Device : public Napi::ObjectWrap<Device> {
 		if (st != napi_ok)
 			delete batch; /* closing: the requests are drained by the engine */
 	}
-	/* Completions from JavaScript, in one batch: records of q u16, tag u16, gen u32, result i32, file u8,
-	 * 3 bytes of padding, file offset u64 (24 bytes). A record its queue cannot take now (the hand-over
-	 * queue is full) is moved to the front of the batch for the caller to hand again: dropped, its request
-	 * would never end. Returns how many were moved. A record naming no tag of the device is a bug: throws. */
-	Napi::Value Complete(const Napi::CallbackInfo &info)
-	{
-		Napi::Buffer<uint8_t> b = info[0].As<Napi::Buffer<uint8_t>>();
-		size_t refused = 0;
-		for (size_t off = 0; off + 24 <= b.Length(); off += 24) {
-			uint8_t *p = b.Data() + off;
-			uint16_t q;
-			struct remote_completion c = {};
-			memcpy(&q, p, 2);
-			memcpy(&c.tag, p + 2, 2);
-			memcpy(&c.gen, p + 4, 4);
-			memcpy(&c.result, p + 8, 4);
-			c.file = p[12];
-			memcpy(&c.file_off, p + 16, 8);
-			if (q >= dev_.queues.size() || c.tag >= dev_.ctx.depth) {
-				Napi::RangeError::New(info.Env(), "complete(): no tag " + std::to_string(c.tag) + " on queue " +
-					std::to_string(q)).ThrowAsJavaScriptException();
-				return info.Env().Undefined();
-			}
-			if (queue_complete_remote(dev_.queues[q].get(), c) < 0)
-				memmove(b.Data() + 24 * refused++, p, 24);
-		}
-		return Napi::Number::New(info.Env(), (double)refused);
-	}
 	/* /dev/ublkcN as the native side opened it (the driver allows one opener): for user copy from
 	 * JavaScript's thread pool. Owned here; valid until close(). */
 	Napi::Value CharFd(const Napi::CallbackInfo &info)
@@ -334,7 +308,18 @@ class Device : public Napi::ObjectWrap<Device> {
 
 } // namespace
 
+/* The constructor, per environment: device_of tells a Device from any other object by it. */
 Napi::Function device_class(Napi::Env env)
 {
-	return Device::Init(env);
+	Napi::Function ctor = Device::Init(env);
+	env.SetInstanceData(new Napi::FunctionReference(Napi::Persistent(ctor)));
+	return ctor;
+}
+
+struct device *device_of(const Napi::Value &v)
+{
+	Napi::FunctionReference *ctor = v.Env().GetInstanceData<Napi::FunctionReference>();
+	if (!ctor || !v.IsObject() || !v.As<Napi::Object>().InstanceOf(ctor->Value()))
+		throw Napi::TypeError::New(v.Env(), "not a Device");
+	return Device::Unwrap(v.As<Napi::Object>())->data_plane();
 }

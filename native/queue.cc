@@ -233,19 +233,16 @@ static void on_wake(struct queue *q, int res)
 		std::lock_guard<std::mutex> g(q->remote_lock);
 		q->remote_taken.swap(q->remote);
 	}
+	const struct target_ops *ops = q->dev->tgt.ops;
 	for (const struct remote_completion &c : q->remote_taken) {
 		struct io *io = &q->ios[c.tag % q->dev->depth];
+		/* Only for the request it was meant for, while the target still holds it. */
 		if (io->req.gen != c.gen || !io->held || io->state != IO_SERVING)
 			continue;
-		struct request *req = &io->req;
-		bool rw = req->op == UBLK_IO_OP_READ || req->op == UBLK_IO_OP_WRITE;
-		if (c.file && rw) {
-			req->copy = false; /* routed: on the lease after all, whatever the target took */
-			struct member *m = add_member(req, req->op == UBLK_IO_OP_READ ? MEMBER_READ : MEMBER_WRITE, c.file);
-			m->len = req->len;
-			m->file_off = c.file_off;
-		}
-		request_complete(&q->tq, req, c.file && !rw ? -EINVAL : c.result);
+		if (ops->on_remote)
+			ops->on_remote(&q->tq, &io->req, c);
+		else
+			request_complete(&q->tq, &io->req, c.result);
 	}
 	q->remote_taken.clear();
 	if (q->stop_requested.load())

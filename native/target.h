@@ -27,6 +27,14 @@ struct io_uring_sqe;
 struct io_uring_cqe;
 struct queue;
 
+/* A completion handed over from another thread (queue_complete_remote). */
+struct remote_completion {
+	uint16_t tag;
+	uint32_t gen;      /* the request's: a completion for an earlier request on the tag is dropped */
+	int32_t result;    /* with no on_remote op: what the request is released with */
+	uint64_t arg[2];   /* the target's own, for its on_remote: the engine never reads them */
+};
+
 enum member_kind : uint8_t {
 	MEMBER_READ,      /* file -> buffer (READ_FIXED on the lease); on a socket, a plain read */
 	MEMBER_WRITE,     /* buffer -> file */
@@ -58,8 +66,8 @@ struct member {
 /* Ring operations of its own a target may have in flight per request (tq_sqe with a request). */
 #define MAX_REQUEST_OPS 2
 
-/* A way to JavaScript the host gives a target served there: post() hands bytes to the target's
- * JavaScript handler, from any thread, without blocking. */
+/* A channel to the host's JavaScript (the handler it gave the device): post() hands it bytes, from any
+ * thread, without blocking. What the bytes mean is between the target and that handler. */
 struct host_channel {
 	void (*post)(void *ctx, std::vector<uint8_t> &&bytes);
 	void *ctx;
@@ -67,13 +75,12 @@ struct host_channel {
 
 struct target_config {
 	std::vector<int> fds;                            /* registered as files 1..n */
-	struct host_channel *js = nullptr;               /* set when the target was given a JavaScript handler */
+	struct host_channel *js = nullptr;               /* set when the host gave the device a handler */
 	std::map<std::string, int64_t> nums;             /* target-specific numeric options */
 	std::map<std::string, std::vector<int64_t>> lists; /* repeated numeric options (ranges) */
 	std::map<std::string, std::string> strs;
 	/* Copy buffers the host owns, one per tag (q * depth + tag), max_io_bytes each; the engine uses them
-	 * instead of its own. A target served in JavaScript gets JavaScript's Buffers, so its handlers work on
-	 * them in place. */
+	 * instead of its own, so the host (JavaScript, with its Buffers) works on a request's bytes in place. */
 	std::vector<void *> bufs;
 	/* The keys the target reads (its ops' .options), set by the engine; reading any other one is a
 	 * misspelling on one side or the other: it is noted here and fails the device's start (and the host
@@ -180,8 +187,13 @@ struct target_ops {
 	/* Optional: one of the target's own ring operations completed; req is null for queue-wide ones,
 	 * and a request-bound one whose request has ended meanwhile is dropped, never delivered. */
 	void (*on_cqe)(struct tq *tq, struct request *req, uint64_t cookie, const struct io_uring_cqe *cqe) = nullptr;
+	/* Optional: a completion handed over from another thread (queue_complete_remote) for a request the
+	 * target still holds, on the queue thread: what to make of it (c.arg) is the target's. It may add
+	 * members; it must release the request (request_complete), now or later. Without it, the engine
+	 * releases it with c.result. */
+	void (*on_remote)(struct tq *tq, struct request *req, const struct remote_completion &c) = nullptr;
 	/* Optional: the queue handled a batch of completions and is about to wait; a target that gathers
-	 * work into batches (one served in JavaScript) sends it now. */
+	 * work into batches (for the host's JavaScript) sends it now. */
 	void (*queue_idle)(struct tq *tq) = nullptr;
 	/* Queue-wide ring operations of its own the target keeps in flight at most (sizes the CQ). */
 	unsigned queue_ops = 0;
@@ -237,16 +249,9 @@ int tq_set_file(struct tq *tq, unsigned file, int fd);
 bool tq_draining(const struct tq *tq);
 /* The queue cannot go on: every request it holds fails with EIO, new ones too, and the device stops. */
 void queue_fail(struct tq *tq, const std::string &why);
-/* A completion handed over from another thread. */
-struct remote_completion {
-	uint16_t tag;
-	uint32_t gen;      /* the request's: a completion for an earlier request on the tag is dropped */
-	int32_t result;    /* with no member: what is committed */
-	uint8_t file;      /* non-zero: serve the request as one READ/WRITE member on this fixed file, on the lease */
-	uint64_t file_off;
-};
-/* From any thread: complete pending request c.tag. Returns 0, or -EAGAIN if the bounded hand-over queue
- * is full (one entry per tag: only a caller that completes a request twice can fill it). */
+/* From any thread: complete pending request c.tag (on the queue thread: the target's on_remote, or
+ * request_complete with c.result). Returns 0, or -EAGAIN if the bounded hand-over queue is full (one
+ * entry per tag: only a caller that completes a request twice can fill it). */
 int queue_complete_remote(struct queue *q, const struct remote_completion &c);
 
 void target_register(const struct target_ops *ops);

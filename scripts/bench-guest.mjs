@@ -375,6 +375,9 @@ function mirrorRatios() {
     has('mirror-md') &&
       `mirror / md RAID1 (2 loop legs each, bitmap of 64 KiB chunks): ${JOBS.map((j, i) => `${j.name} ${ratio('mirror-md', 'md', i)}`).join(', ')} ` +
         '(bar ≥ 1.0× at 4k randread and randwrite)',
+    // md can take no file: its legs are loop devices over the same kind of file the mirror takes itself.
+    has('mirror') && has('md') &&
+      `mirror over 2 files / md RAID1 over loop devices of 2 files: ${JOBS.map((j, i) => `${j.name} ${ratio('mirror', 'md', i)}`).join(', ')}`,
     has('mirror') && `mirror over 2 files / file auto-lease: 4k randwrite ${ratio('mirror', 'file-auto-lease', 1)} (bar ≥ 0.7×)`,
   ]
     .filter(Boolean)

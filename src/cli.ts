@@ -18,6 +18,7 @@ import type { Outcome } from './updown.js';
 import type { GcOutcome } from './gc.js';
 import type { TargetSpec } from './target.js';
 import { targetVerbCommand } from './target-verbs.js';
+import { describedRanges } from './option-schema.js';
 
 const argv = hideBin(process.argv);
 const json = wantsJson(argv);
@@ -46,7 +47,7 @@ function addOptions(targets: TargetSpec[], chosen: TargetSpec | undefined): Reco
     foreground: { type: 'boolean', default: false, describe: 'serve in this process until signalled' },
     count: { type: 'number', describe: `add N devices alike, ${COUNT_RANGE.join('..')} (targets ${NO_BACKING.join(', ')}); one server process each` },
   };
-  if (chosen) return valueRequired({ ...own, ...chosen.options });
+  if (chosen) return valueRequired(describedRanges({ ...own, ...chosen.options }));
   // A name two targets share (size) means the same thing in both.
   const merged: Record<string, Options> = {};
   for (const t of targets)
@@ -54,14 +55,15 @@ function addOptions(targets: TargetSpec[], chosen: TargetSpec | undefined): Reco
       const takers = targets.filter((x) => k in x.options).map((x) => x.name);
       merged[k] = takers.length === targets.length ? o : { ...o, describe: `${o.describe ?? ''} (target ${takers.join(', ')})`.trim() };
     }
-  return valueRequired({ ...own, ...merged });
+  return valueRequired(describedRanges({ ...own, ...merged }));
 }
 
-/** list: a device's long work (a mirror's resync), after its backing. */
-function progressOf(specs: TargetSpec[], d: { target?: string; info?: Record<string, unknown> }): string {
-  const p = d.info ? specs.find((t) => t.name === d.target)?.progress?.(d.info) : undefined;
-  return p ? `  [${p}]` : '';
+/** A device's long work (a mirror's resync) in a few words, from its target's progress hook. */
+function progressOf(specs: TargetSpec[], d: { target?: string; info?: Record<string, unknown> }): string | undefined {
+  return d.info ? specs.find((t) => t.name === d.target)?.progress?.(d.info) : undefined;
 }
+
+const bracketed = (s: string | undefined) => (s ? `  [${s}]` : '');
 
 /** up and down: NAME... or --all, not both. */
 function namesOrAll(verb: string, a: Record<string, unknown>): true {
@@ -249,7 +251,7 @@ async function main(): Promise<void> {
                     formatSize(d.size).padEnd(7),
                     String(d.pid).padEnd(7),
                     (d.version ?? '-').padEnd(17),
-                    (d.info?.file ? `${d.info.file}${d.info.direct ? ' (direct)' : ' (buffered)'}` : '') + progressOf(specs, d),
+                    (d.info?.file ? `${d.info.file}${d.info.direct ? ' (direct)' : ' (buffered)'}` : '') + bracketed(progressOf(specs, d)),
                   ].join(' '),
                 ),
               ].join('\n'),
@@ -265,6 +267,7 @@ async function main(): Promise<void> {
         const spec = targets.find((t) => t.name === a.target);
         if (!spec) throw new UserError(`--target must be one of: ${targets.map((t) => t.name).join(', ')}`);
         const targetOptions = Object.fromEntries(Object.keys(spec.options).map((k) => [k, a[k]]));
+        for (const [k, o] of Object.entries(spec.options)) if (o.range) wholeNumber(ctx, k, a[k], ...o.range);
         const o = {
           // The server process loads a target given by path itself, from wherever it runs.
           target: isTargetPath(spec.name) ? path.resolve(spec.name) : spec.name,
@@ -497,7 +500,7 @@ async function main(): Promise<void> {
           watching: watch !== undefined,
           redraw: watch !== undefined && !json && process.stdout.isTTY === true,
           write: (t) => console.log(t),
-          progress: (rec) => (rec.info ? specs.find((t) => t.name === rec.target)?.progress?.(rec.info) : undefined),
+          progress: (rec) => progressOf(specs, rec),
         });
       },
     )

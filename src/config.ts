@@ -2,9 +2,9 @@
 // the options `ublk-ts add` takes, under the same names and checked against the same definitions.
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Options } from 'yargs';
 import { oneLine, UserError } from './errors.js';
-import { DEFAULT_DEPTH, engineOptions, LIMITS } from './device-options.js';
+import { DEFAULT_DEPTH, engineOptions } from './device-options.js';
+import { wholeIn, type OptionSchema, type OptionSpec } from './option-schema.js';
 import { isTargetPath, loadTarget, targetNames } from './targets.js';
 import type { DaemonOptions } from './daemon.js';
 import type { DataMode } from './native.js';
@@ -66,7 +66,7 @@ function isObject(v: unknown): v is Record<string, unknown> {
 }
 
 /** Keys of an entry that are neither the engine's nor the target's. */
-const OWN: Record<string, Options> = {
+const OWN: OptionSchema = {
   auto: { type: 'boolean', describe: 'false: only `up NAME` brings it up, not `up --all`' },
   comment: { type: 'string', describe: 'ignored' },
 };
@@ -88,7 +88,7 @@ export async function configuredDevice(file: string, entry: ConfigEntry): Promis
   const byPath = isTargetPath(s.target);
   const engine = engineOptions(targetNames());
   // The target's own first: they are what a mistake is most likely about.
-  const known: Record<string, Options> = { target: engine.target, ...spec.options, ...engine, ...OWN };
+  const known: OptionSchema = { target: engine.target, ...spec.options, ...engine, ...OWN };
   if (byPath) known.target = { type: 'string' }; // not one of the built-ins' names
   for (const key of Object.keys(s))
     if (!(key in known)) {
@@ -98,32 +98,27 @@ export async function configuredDevice(file: string, entry: ConfigEntry): Promis
     }
   const values: Record<string, unknown> = {};
   for (const [key, o] of Object.entries(known)) values[key] = key in s ? valueOf(key, o, s[key], where) : o.default;
-  const limited = (key: keyof typeof LIMITS): number | undefined => {
-    const v = values[key];
-    const [min, max] = LIMITS[key];
-    if (v === undefined) return undefined;
-    if (typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max) return v;
-    throw new UserError(`${key} must be a whole number from ${min} to ${max}, not ${JSON.stringify(v)} ${where}`);
-  };
+  // Each in its range already (valueOf).
+  const whole = (key: string) => values[key] as number | undefined;
   return {
     spec,
     serve: {
       name,
       target: byPath ? path.resolve(s.target) : spec.name,
       targetOptions: Object.fromEntries(Object.keys(spec.options).map((k) => [k, values[k]])),
-      id: limited('number'),
-      queues: limited('queues'),
-      depth: limited('depth') ?? DEFAULT_DEPTH,
+      id: whole('number'),
+      queues: whole('queues'),
+      depth: whole('depth') ?? DEFAULT_DEPTH,
       mode: values['data-mode'] as DataMode | 'auto',
       recovery: values.recovery !== false,
-      restart: limited('restart'),
+      restart: whole('restart'),
       partScan: values['part-scan'] === true,
     },
   };
 }
 
 /** A value as the command line would have parsed it: of the option's type, one of its choices. */
-function valueOf(key: string, o: Options, v: unknown, where: string): unknown {
+function valueOf(key: string, o: OptionSpec, v: unknown, where: string): unknown {
   const bad = (what: string) => new UserError(`${key} must be ${what}, not ${JSON.stringify(v)} ${where}`);
   let value = v;
   if (o.array === true) {
@@ -142,5 +137,11 @@ function valueOf(key: string, o: Options, v: unknown, where: string): unknown {
   }
   const choices = o.choices as unknown[] | undefined;
   if (choices && !choices.includes(value)) throw bad(`one of: ${choices.join(', ')}`);
+  if (o.range)
+    try {
+      wholeIn(key, value, o.range);
+    } catch (e) {
+      throw new UserError(`${oneLine(e)} ${where}`);
+    }
   return value;
 }

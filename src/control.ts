@@ -22,6 +22,9 @@ export interface ControlAnswer extends ControlReply {
  * takes it before its target's verbs, none of which has this name. */
 export const HANDOVER_COMMAND = 'handover';
 
+/** What `resize` asks a server: `resize BYTES` (Server.resizeCommand); no target verb has this name. */
+export const RESIZE_COMMAND = /^resize (\d+)$/;
+
 const ASK_TIMEOUT_MS = 30_000;
 const MAX_LINE = 64 * 1024;
 

@@ -5,7 +5,7 @@
 // /dev/ublk-ts/NAME to it before saying it is up, and removes the link when it ends. With `recover` it
 // re-attaches to a device whose server died; with `restart` it is the supervisor (supervisor.ts) instead.
 import fs from 'node:fs';
-import { Server, serveUntilStopped, type ServeOptions } from './server.js';
+import { HANDED_OVER_EXIT, Server, serveUntilStopped, type ServeOptions } from './server.js';
 import { errorKind, oneLine } from './errors.js';
 import { makeLink, removeLink } from './dev-links.js';
 import { writeRecord } from './state.js';
@@ -35,8 +35,9 @@ async function serve(opts: DaemonOptions): Promise<void> {
     server = await Server.start({ ...o, onAdded: (id) => report({ added: id }, false), statusLog: log });
     if (name !== undefined) {
       const { id } = server.record;
-      // 'exit' runs however the server ends (serveUntilStopped exits; so does an uncaught error).
-      process.on('exit', () => removeLink(name, id));
+      // 'exit' runs however the server ends (serveUntilStopped exits; so does an uncaught error). A device
+      // handed over (`upgrade`) keeps its name: the next server's link would come only after a gap.
+      process.on('exit', (code) => code !== HANDED_OVER_EXIT && removeLink(name, id));
       log(`linked ${makeLink(name, id)} -> ${server.record.blockDevice}`);
       server.record.name = name;
       writeRecord(server.record);

@@ -100,6 +100,8 @@ async function collect(id: number, dryRun: boolean): Promise<GcOutcome> {
     removeLeftovers(rec);
     return out({ action: 'deleted' });
   } catch (e) {
+    // Busy: still open (a safe delete), or another ublk-ts starts its server now (an upgrade).
+    if (errorKind(e) === 'busy') return out({ action: 'left', why: oneLine(e) });
     return out({ action: 'failed', why: oneLine(e), code: errorKind(e) });
   }
 }

@@ -7,6 +7,7 @@ import { errorKind, explain, isErrorKind, isKernelError, oneLine, UserError } fr
 import type { Server, ServeOptions } from './server.js';
 import type { DaemonOptions } from './daemon.js';
 import { removeLink } from './dev-links.js';
+import { asTakeover } from './takeover.js';
 import { ProcessHandle } from './process-handle.js';
 import { ensureStateDir, openLog, reattachOptions, readRecord, readRecords, removeRecord, servesDevice, supervises, type DeviceRecord } from './state.js';
 
@@ -110,13 +111,20 @@ export async function addDevices(o: Omit<DaemonOptions, 'log'>, count: number): 
  * `recover -n N`: a new background server re-attaches to device N, whose server died, with the options
  * `add` saved in its record (checked against what the kernel kept).
  */
-export async function recoverDevice(id: number): Promise<DeviceRecord> {
-  const rec = readRecord(id);
-  if (!rec?.serve) throw new UserError(`device ${id} has no saved options (it was not added by ublk-ts add, or its record is gone)`, 'not-found');
-  if (serverOf(rec) !== undefined) throw new UserError(`device ${id} is served by pid ${rec.pid}: nothing to recover`);
-  // Said here, before a server starts: its data died with its server (so do a volatile target's, always).
-  if (!rec.recovery)
-    throw new UserError(`device ${id} was added without recovery (a target that keeps its data in its server, like memory, always is): \`ublk-ts del -n ${id}\` removes it`);
+export function recoverDevice(id: number): Promise<DeviceRecord> {
+  return asTakeover(id, () => {
+    const rec = readRecord(id);
+    if (!rec?.serve) throw new UserError(`device ${id} has no saved options (it was not added by ublk-ts add, or its record is gone)`, 'not-found');
+    if (serverOf(rec) !== undefined) throw new UserError(`device ${id} is served by pid ${rec.pid}: nothing to recover`);
+    // Said here, before a server starts: its data died with its server (so do a volatile target's, always).
+    if (!rec.recovery)
+      throw new UserError(`device ${id} was added without recovery (a target that keeps its data in its server, like memory, always is): \`ublk-ts del -n ${id}\` removes it`);
+    return nextServer(rec);
+  });
+}
+
+/** A new server for the device of this record, started from the code installed now with its saved options. */
+export function nextServer(rec: DeviceRecord): Promise<DeviceRecord> {
   return spawnServer({ ...reattachOptions(rec), log: newLogPath() });
 }
 

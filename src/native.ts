@@ -64,10 +64,10 @@ export interface DeviceOptions {
   options?: TargetOptions;
   /** The device has USER_COPY beside zero copy: the target may ask to see a request's bytes. */
   userCopy?: boolean;
-  /** The bridge target's JavaScript side: batches of 24-byte request descriptors (src/bridge.ts). */
+  /** The target's channel to JavaScript: what its queue threads post, as Buffers (the bridge's descriptors). */
   handler?: (batch: Buffer) => void;
-  /** The bridge's tag buffers, queue-major (q * depth + tag), maxIoBufBytes each: the engine copies a
-   * request's bytes in and out of them, and the handlers work on them in place. */
+  /** Copy buffers JavaScript owns, queue-major (q * depth + tag), maxIoBufBytes each: the engine copies a
+   * request's bytes in and out of them, and JavaScript works on them in place. */
   buffers?: Buffer[];
 }
 
@@ -110,9 +110,6 @@ export interface NativeDevice {
   stats(): QueueStats;
   /** An operator's command to the target (`ublk-ts mirror fail`): its reply, JSON text. */
   command(text: string): Promise<string>;
-  /** Completions of bridged requests, 24-byte records (src/bridge.ts); returns how many were refused now
-   * (a queue's hand-over was full), moved to the front of batch to be handed again. */
-  complete(batch: Buffer): number;
   /** /dev/ublkcN as the native side holds it: for user copy. Owned there; valid until close(). */
   charFd(): number;
   /** Releases everything; only once join() (and wait(), if called) have settled. */
@@ -156,6 +153,22 @@ interface Addon {
   abi: Abi;
   /** Each native target's option keys (its ops table's .options): what its index.ts may pass. */
   targetOptions: Record<string, string[]>;
+  /** The bridge target's functions for src/bridge.ts (targets/bridge/bridge_napi.cc). */
+  bridge: {
+    /** Sizes and offsets of the records between its halves (targets/bridge/records.h). */
+    layout: BridgeLayout;
+    /** Completions of bridged requests (layout.done records); returns how many were refused now (a queue's
+     * hand-over was full), moved to the front of batch to be handed again. */
+    complete(dev: NativeDevice, batch: Buffer): number;
+  };
+}
+
+/** Each record's size (bytes) and its fields' byte offsets; the fields' widths are records.h's. */
+export interface BridgeLayout {
+  /** A request; fBytes is the flag in opFlags: a write's bytes are in its buffer already. */
+  desc: Record<'bytes' | 'q' | 'tag' | 'gen' | 'opFlags' | 'len' | 'offset' | 'fBytes', number>;
+  /** A completion. */
+  done: Record<'bytes' | 'q' | 'tag' | 'gen' | 'result' | 'file' | 'fileOffset', number>;
 }
 
 // The package root: the nearest folder up with a package.json (this file runs from src/ or dist/src/).

@@ -10,7 +10,9 @@ type Shape = { size: number; params: Omit<Params, 'devSectors' | 'maxSectors'> }
 export function reattachRefusal(id: number, kept: ReadParams, now: Shape): string | undefined {
   const A = addon.abi.attrs;
   const sectors = Math.floor(now.size / 512);
-  if (kept.devSectors !== sectors) return `device ${id} has ${kept.devSectors} sectors but its target now has ${sectors}`;
+  // Larger is fine (a backend grown for a `resize` that did not reach the kernel, an export grown since):
+  // the device goes on at its own size.
+  if (sectors < kept.devSectors) return `device ${id} has ${kept.devSectors} sectors but its target now has only ${sectors}`;
   const lbs = now.params.logicalBsShift ?? 9;
   if (kept.logicalBsShift !== lbs)
     return `device ${id} has ${1 << kept.logicalBsShift}-byte logical blocks but its target now needs ${1 << lbs}`;

@@ -1,12 +1,13 @@
-// `resize -n N --size S`: the backend is made to hold S first (a file grows, never shrinks), then the kernel
-// is told (UPDATE_SIZE), and the record keeps the new size so that `recover` serves the same device.
+// `resize -n N --size S`, checked here and carried out by the device's server (Server.resizeCommand): the
+// backend is made to hold S first (a file grows, never shrinks; an NBD export must have grown), then the
+// kernel is told (UPDATE_SIZE), and the record keeps the new size so that `recover` serves the same device.
 import fs from 'node:fs';
 import { addon } from './native.js';
-import { explain, isKernelError, UserError } from './errors.js';
+import { explain, UserError } from './errors.js';
 import { getFeatures } from './features.js';
 import { formatSize } from './size.js';
-import { loadTarget } from './targets.js';
-import { readRecord, servesDevice, writeRecord } from './state.js';
+import { askServer } from './control.js';
+import { readRecord, servesDevice } from './state.js';
 
 export interface Resized {
   id: number;
@@ -26,8 +27,6 @@ export async function resizeDevice(id: number, size: number, force: boolean): Pr
   if (!rec || !servesDevice(rec.pid, id))
     throw new UserError(`-n ${id}: no ublk-ts device with a running server (\`ublk-ts list\` shows them; \`ublk-ts recover -n ${id}\` first if its server died)`, 'not-found');
   if ((await getFeatures() & addon.abi.flags.UPDATE_SIZE) === 0n) throw new UserError('this kernel has no UPDATE_SIZE: a device cannot change size', 'kernel');
-  const spec = await loadTarget(rec.serve.target);
-  if (!spec.resize) throw new UserError(`target ${rec.target} cannot be resized (file can)`);
   const lbs = Number(rec.info.logicalBlockSize ?? 512);
   if (size <= 0 || size % lbs !== 0) throw new UserError(`--size must be a positive multiple of the logical block size (${lbs}), not ${size}`);
   let from: number;
@@ -38,16 +37,8 @@ export async function resizeDevice(id: number, size: number, force: boolean): Pr
   }
   if (size < from && !force)
     throw new UserError(`--size ${formatSize(size)} is below the device's ${formatSize(from)}: what is stored past it would be lost (shrink the filesystem first, then add --force)`);
-  const targetOptions = spec.resize(rec.serve.targetOptions, size);
-  try {
-    await addon.updateSize(id, size / 512);
-  } catch (e) {
-    if (isKernelError(e) && e.code === 'ENODEV') throw new UserError(`/dev/ublkb${id} has no disk (not started, or stopped): not resized`, 'not-found');
-    throw explain(e);
-  }
-  // Read again just before writing: the server may have rewritten its record meanwhile.
-  const now = readRecord(id) ?? rec;
-  writeRecord({ ...now, size, serve: { ...now.serve, targetOptions } });
+  const reply = await askServer(id, `resize ${size}`);
+  if (!reply.ok) throw new UserError(reply.error ?? 'the server did not resize the device', 'backend');
   await shown(id, size / 512);
   return { id, blockDevice: rec.blockDevice, from, to: size };
 }

@@ -3,15 +3,16 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { addon, awaitsServer, DEV_STATE, DEV_STATE_NAMES, type DataMode, type DevInfo, type NativeDevice, type Params } from './native.js';
-import { LIMITS } from './device-options.js';
+import { DEFAULT_DEPTH, LIMITS } from './device-options.js';
+import { checkOptions, wholeIn } from './option-schema.js';
 import { chooseMode, deviceFlags, getFeatures, modeFlags } from './features.js';
 import { explain, isKernelError, UserError } from './errors.js';
 import { isTargetPath, loadTarget } from './targets.js';
 import { removeRecord, writeRecord, writeStats, type DeviceRecord } from './state.js';
 import type { OpenedTarget, TargetSpec } from './target.js';
-import { Bridge } from './bridge.js';
+import { Bridge, bridgeDevice } from './bridge.js';
 import { reattachRefusal } from './reattach-check.js';
-import { HANDOVER_COMMAND, serveControl, type ControlAnswer, type ControlReply } from './control.js';
+import { HANDOVER_COMMAND, RESIZE_COMMAND, serveControl, type ControlAnswer, type ControlReply } from './control.js';
 import { codeVersion } from './version.js';
 
 export interface ServeOptions {
@@ -113,6 +114,8 @@ export class Server {
   private async listen(): Promise<void> {
     this.closeControl = await serveControl(this.record.id, async (command): Promise<ControlAnswer> => {
       if (command === HANDOVER_COMMAND) return this.handoverCommand();
+      const resize = RESIZE_COMMAND.exec(command);
+      if (resize) return this.resizeCommand(Number(resize[1]));
       const native = this.opened.prepare ? await this.opened.prepare(command) : command;
       const reply = JSON.parse(await this.dev.command(native)) as ControlReply;
       this.checkStatus(); // `list` right after the verb shows what it did
@@ -129,6 +132,11 @@ export class Server {
     // A later server of a device whose data lived in its dead server's memory would serve an empty disk.
     if (spec.volatile && (o.supervisor !== undefined || o.recover !== undefined))
       throw new UserError(`target ${spec.name} keeps its data in its server process: ${o.recover !== undefined ? 'nothing to recover' : '--restart would re-attach an empty disk'}`);
+    // Whoever started it (add, up, recover, a program): the target's values as its schema allows them.
+    o = { ...o, targetOptions: checkOptions(spec.options, o.targetOptions) };
+    wholeIn('--number', o.id, LIMITS.number);
+    wholeIn('--queues', o.queues, LIMITS.queues);
+    wholeIn('--depth', o.depth, LIMITS.depth);
     const features = await getFeatures();
     const attach = o.recover === undefined ? await create(o, spec, features) : await reattach(o.recover, o, spec);
     const { info, mode, opened, asked } = attach;
@@ -153,15 +161,17 @@ export class Server {
         handler: bridge?.onBatch,
         buffers: bridge?.buffers,
       });
-      bridge?.attach(dev);
+      bridge?.attach(bridgeDevice(dev));
       await dev.open();
       // A target whose native side learns the geometry (a network export's size) settles it now.
       const shape = opened.afterStart ? opened.afterStart(parseStatus(dev.status())) : opened;
-      const sectors = Math.floor(shape.size / 512);
+      let sectors = Math.floor(shape.size / 512);
       if (o.recover !== undefined) {
         // Before any FETCH: once a queue has fetched every tag, the kernel hands it IO again.
-        const refused = reattachRefusal(devId, await addon.getParams(devId), shape);
+        const kept = await addon.getParams(devId);
+        const refused = reattachRefusal(devId, kept, shape);
         if (refused !== undefined) throw new UserError(`${refused}: not re-attaching`, 'backend');
+        sectors = kept.devSectors;
       }
       // FETCH every tag first: START_DEV waits for them, and the partition scan reads at once.
       await dev.start();
@@ -181,7 +191,7 @@ export class Server {
         mode,
         queues: info.nrHwQueues,
         depth: info.queueDepth,
-        size: shape.size,
+        size: sectors * 512,
         blockDevice: `/dev/ublkb${devId}`,
         charDevice: `/dev/ublkc${devId}`,
         log: o.log,
@@ -205,6 +215,25 @@ export class Server {
       opened.close();
       throw explain(e);
     }
+  }
+
+  /** `resize`: the backend first (the target's own step), then the kernel (UPDATE_SIZE), then the record
+   * (a later server re-attaches at the new size). Checked by the caller: a whole number of blocks. */
+  private async resizeCommand(size: number): Promise<ControlAnswer> {
+    const id = this.record.id;
+    if (!this.opened.resize) return { ok: false, error: `target ${this.record.target} cannot be resized (file and nbd can)` };
+    const options = this.opened.resize(size, parseStatus(this.dev.status()));
+    try {
+      await addon.updateSize(id, size / 512);
+    } catch (e) {
+      if (isKernelError(e) && e.code === 'ENODEV') throw new UserError(`/dev/ublkb${id} has no disk (not started, or stopped): not resized`, 'not-found');
+      throw explain(e);
+    }
+    this.record.size = size;
+    if (options) this.record.serve = { ...this.record.serve, targetOptions: options };
+    writeRecord(this.record);
+    this.log(`resized /dev/ublkb${id} to ${size} bytes`);
+    return { ok: true };
   }
 
   private async handoverCommand(): Promise<ControlAnswer> {
@@ -293,11 +322,7 @@ interface Attach {
 
 async function create(o: ServeOptions, spec: TargetSpec, features: bigint): Promise<Attach> {
   const queues = o.queues ?? spec.defaultQueues ?? Math.min(os.availableParallelism(), DEFAULT_QUEUES_CAP);
-  const depth = o.depth ?? 128;
-  const [qmin, qmax] = LIMITS.queues;
-  const [dmin, dmax] = LIMITS.depth;
-  if (!Number.isInteger(queues) || queues < qmin || queues > qmax) throw new UserError(`--queues must be ${qmin}..${qmax}, not ${queues}`);
-  if (!Number.isInteger(depth) || depth < dmin || depth > dmax) throw new UserError(`--depth must be ${dmin}..${dmax}, not ${depth}`);
+  const depth = o.depth ?? DEFAULT_DEPTH;
   const mode = chooseMode(o.mode ?? 'auto', features, spec.movesData);
   const opened = await spec.open(o.targetOptions);
   let devId: number | undefined;

@@ -1,5 +1,6 @@
 // What a target folder (targets/<name>/index.ts) exports: its options, validation, and how to open it.
 import type { Options } from 'yargs';
+import type { OptionSchema } from './option-schema.js';
 import type { Params, TargetOptions } from './native.js';
 import type { BlockDevice } from './api.js';
 
@@ -36,6 +37,13 @@ export interface OpenedTarget {
   restate?(status: Record<string, unknown>): { options: Record<string, unknown>; info: Record<string, string | number | boolean> } | undefined;
   /** A target written in TypeScript: its handlers, served through the native bridge target. */
   typescript?: BlockDevice;
+  /**
+   * `ublk-ts resize`, in the server, before the kernel is told: makes the backend hold `size` bytes (a file
+   * grows; none shrinks) or says in a UserError why it cannot (an export not grown yet). `status` is the
+   * native side's live status. Returns the options a later server opens it with, if they change. Without
+   * it, the target is not resized.
+   */
+  resize?(size: number, status: Record<string, unknown>): Record<string, unknown> | undefined;
   /** Releases what open() made. */
   close(): void;
 }
@@ -52,8 +60,8 @@ export interface TargetVerb {
 export interface TargetSpec {
   name: string;
   describe: string;
-  /** Command-line options of `add --target <name>`. */
-  options: Record<string, Options>;
+  /** Options of `add --target <name>` (and of a config entry): src/option-schema.ts. */
+  options: OptionSchema;
   /** False for targets that never touch request data: they need neither a lease nor a copy. */
   movesData: boolean;
   /** The queue count when `--queues` is not given (default: one per CPU, capped): a target whose backend
@@ -71,9 +79,4 @@ export interface TargetSpec {
   /** Long work the device is doing now (a resync, a scrub) in a few words, from its live state (the
    * record's info): `list` and `stats` show it. Undefined when there is none. */
   progress?(info: Record<string, unknown>): string | undefined;
-  /**
-   * `ublk-ts resize`, before the kernel is told: makes the backend hold `size` bytes (a file grows; none
-   * shrinks) and returns the options a later server opens it with (`recover`). Without it, no resize.
-   */
-  resize?(opts: Record<string, unknown>, size: number): Record<string, unknown>;
 }

@@ -9,10 +9,11 @@
 import { addon, DEV_STATE, DEV_STATE_NAMES } from './native.js';
 import { askServer, HANDOVER_COMMAND } from './control.js';
 import { explain, UserError } from './errors.js';
-import { newLogPath, spawnServer } from './lifecycle.js';
+import { nextServer } from './lifecycle.js';
 import { ProcessHandle } from './process-handle.js';
-import { readRecord, readRecords, reattachOptions, servesDevice, supervises, type DeviceRecord } from './state.js';
+import { readRecord, readRecords, servesDevice, supervises, type DeviceRecord } from './state.js';
 import { loadTarget } from './targets.js';
+import { asTakeover } from './takeover.js';
 
 export interface Upgraded {
   id: number;
@@ -75,7 +76,13 @@ async function supervisedServer(id: number, oldPid: number, supervisor: ProcessH
   );
 }
 
-export async function upgradeDevice(id: number): Promise<Upgraded> {
+/** Holds the device's takeover mark from the handover until the new server serves: a `gc` or `recover`
+ * meanwhile leaves the waiting device to it. */
+export function upgradeDevice(id: number): Promise<Upgraded> {
+  return asTakeover(id, () => takeOver(id));
+}
+
+async function takeOver(id: number): Promise<Upgraded> {
   const rec = runningRecord(id);
   const why = await cannotUpgrade(rec);
   if (why !== undefined) throw new UserError(`ublkb${id}: ${why}`);
@@ -85,12 +92,12 @@ export async function upgradeDevice(id: number): Promise<Upgraded> {
   try {
     const reply = await askServer(id, HANDOVER_COMMAND);
     if (!reply.ok) throw new UserError(`ublkb${id}: its server refused to hand over: ${reply.error ?? 'no reason given'}`, 'backend');
-    // The old server closes its files and exits right after replying; a new one is started only then, so
-    // that the old one's exit (which removes an `up` name's link) comes before the new one's start.
+    // The old server closes its files and exits right after replying (an `up` name's link stays); a new
+    // one is started only then: the kernel lets one server at a time open /dev/ublkcN.
     const end = Date.now() + EXIT_WAIT_MS;
     while (!old.exited() && Date.now() < end) await sleep(5);
     old.signal('SIGKILL');
-    const next = supervisor ? await supervisedServer(id, rec.pid, supervisor) : await spawnServer({ ...reattachOptions(rec), log: newLogPath() });
+    const next = supervisor ? await supervisedServer(id, rec.pid, supervisor) : await nextServer(rec);
     return {
       id,
       blockDevice: rec.blockDevice,

@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import type { Options } from 'yargs';
 import { errorKind, oneLine, UserError } from './errors.js';
 import type { TargetSpec } from './target.js';
+import { wholeIn } from './option-schema.js';
 
 /** What a message about a mistake can refer to. */
 export interface UsageContext {
@@ -134,10 +135,8 @@ export function missingCommand(ctx: UsageContext): string {
 
 /** A whole-number option in [min, max]; undefined when not given. */
 export function wholeNumber(ctx: UsageContext, name: string, value: unknown, min: number, max: number): number | undefined {
-  if (value === undefined) return undefined;
-  if (typeof value === 'number' && Number.isInteger(value) && value >= min && value <= max) return value;
   const raw = rawValue(ctx.argv, [name, ...aliases(ctx.options[name])]) ?? String(value);
-  throw new UserError(`${asTyped(ctx, name)} must be a whole number from ${min} to ${max}, not "${raw}"`);
+  return wholeIn(asTyped(ctx, name), value, [min, max], `"${raw}"`);
 }
 
 /**

@@ -187,6 +187,15 @@ static void fault_on_done(struct tq *tq, struct request *req, int32_t result)
 		inner_ops(tq)->on_done(inner_tq(tq), req, result);
 }
 
+/* As the engine does without the op: the result is what the request is released with. */
+static void fault_on_remote(struct tq *tq, struct request *req, const struct remote_completion &c)
+{
+	if (inner_ops(tq)->on_remote)
+		inner_ops(tq)->on_remote(inner_tq(tq), req, c);
+	else
+		request_complete(tq, req, c.result);
+}
+
 static void fault_queue_idle(struct tq *tq)
 {
 	if (inner_ops(tq)->queue_idle)
@@ -235,6 +244,7 @@ static const struct target_ops fault_target_ops = {
 	.on_release = fault_on_release,
 	.on_done = fault_on_done,
 	.on_cqe = fault_on_cqe,
+	.on_remote = fault_on_remote,
 	.queue_idle = fault_queue_idle,
 	.queue_ops = FAULT_INNER_QUEUE_OPS,
 	.status = fault_status,

@@ -17,6 +17,8 @@ const WRAPPED: Record<string, TargetSpec> = { file, null: nul, mirror, stripe, n
 const WRAPPED_NAMES = Object.keys(WRAPPED).join(', ');
 
 const rangeOption = (describe: string): Options => ({ type: 'string', array: true, describe });
+/** 0: never. */
+const COUNT = [0, Number.MAX_SAFE_INTEGER] as const;
 
 /** OFF:LEN[:ERRNO] with sizes like 1M:64k; ERRNO by name (EIO, ENOSPC) or number. */
 export function parseRange(option: string, text: string, withErrno: boolean): number[] {
@@ -40,13 +42,6 @@ export function parseRange(option: string, text: string, withErrno: boolean): nu
   return [off, len, errno];
 }
 
-function count(option: string, v: unknown): number {
-  if (v === undefined) return 0;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 0) throw new UserError(`--${option} must be a whole number >= 0, not ${String(v)}`);
-  return n;
-}
-
 function ranges(option: string, v: unknown, withErrno: boolean): number[] {
   return ((v as string[] | undefined) ?? []).flatMap((t) => parseRange(option, String(t), withErrno));
 }
@@ -62,25 +57,24 @@ const spec: TargetSpec = {
     ...stripe.options,
     ...nbd.options,
     over: { type: 'string', describe: `the wrapped target: ${WRAPPED_NAMES}` },
-    'delay-us': { type: 'number', describe: 'complete every request this many microseconds late' },
+    'delay-us': { type: 'number', default: 0, range: [0, 60_000_000], describe: 'complete every request this many microseconds late (a minute at most)' },
     'fail-range': rangeOption('OFF:LEN[:ERRNO]: requests touching the range fail (default EIO); repeatable'),
-    'fail-after': { type: 'number', describe: 'every request after the Nth fails with EIO' },
+    'fail-after': { type: 'number', default: 0, range: COUNT, describe: 'every request after the Nth fails with EIO' },
     'stall-range': rangeOption('OFF:LEN: requests touching the range never complete until the device stops'),
     'corrupt-range': rangeOption('OFF:LEN: reads of the range come back with one byte of every sector flipped'),
-    'fail-queue-after': { type: 'number', describe: 'after the Nth request the queue serving it fails (the device stops)' },
+    'fail-queue-after': { type: 'number', default: 0, range: COUNT, describe: 'after the Nth request the queue serving it fails (the device stops)' },
   },
   async open(opts) {
     const over = opts.over;
     if (typeof over !== 'string' || !(over in WRAPPED)) throw new UserError(`the fault target needs --over TARGET, one of ${WRAPPED_NAMES}`);
-    const delay = count('delay-us', opts['delay-us']);
-    if (delay > 60_000_000) throw new UserError(`--delay-us must be at most 60000000 (a minute), not ${delay}`);
+    // Whole numbers in their ranges, defaults filled in (src/option-schema.ts).
     const faults = {
-      'delay-us': delay,
+      'delay-us': Number(opts['delay-us']),
       'fail-range': ranges('fail-range', opts['fail-range'], true),
-      'fail-after': count('fail-after', opts['fail-after']),
+      'fail-after': Number(opts['fail-after']),
       'stall-range': ranges('stall-range', opts['stall-range'], false),
       'corrupt-range': ranges('corrupt-range', opts['corrupt-range'], false),
-      'fail-queue-after': count('fail-queue-after', opts['fail-queue-after']),
+      'fail-queue-after': Number(opts['fail-queue-after']),
     };
     if (faults['corrupt-range'].length > 0 && over === 'null') throw new UserError('--corrupt-range needs a target with data (null has none)');
     const inner = await WRAPPED[over].open(opts);

@@ -197,25 +197,22 @@ const spec: TargetSpec = {
         discard: !discard?.maxDiscardSectors ? 'none' : isBlock ? 'block discard' : 'punch hole',
         ...(reason ? { reason } : {}),
       },
+      resize(to) {
+        if (readOnly) throw new UserError(`${file} is exported --read-only: not resized`);
+        const has = isBlock ? blockDeviceSize(fs.statSync(file)) : fs.fstatSync(fd).size;
+        if (has < to) {
+          if (isBlock) throw new UserError(`${file} holds ${has} bytes, less than --size ${to}`, 'backend');
+          fs.ftruncateSync(fd, to);
+          // As at open: a filesystem may take the call and keep the size.
+          if (fs.fstatSync(fd).size < to) throw new UserError(`${file} cannot be grown to ${to} bytes: not a file on a real filesystem`, 'backend');
+        }
+        // The device's size from now on: a later server opens the file (never shrunk) at it.
+        return { ...opts, size: String(to) };
+      },
       close() {
         fs.closeSync(fd);
       },
     };
-  },
-  resize(opts, size) {
-    const file = String(opts.file);
-    // A later server could not open it at a size of its own (--size never goes with --read-only).
-    if (opts['read-only'] === true) throw new UserError(`${file} is exported --read-only: not resized`);
-    const st = fs.statSync(file);
-    const has = st.isBlockDevice() ? blockDeviceSize(st) : st.size;
-    if (has < size) {
-      if (st.isBlockDevice()) throw new UserError(`${file} holds ${has} bytes, less than --size ${size}`, 'backend');
-      fs.truncateSync(file, size);
-      // As at open: a filesystem may take the call and keep the size.
-      if (fs.statSync(file).size < size) throw new UserError(`${file} cannot be grown to ${size} bytes: not a file on a real filesystem`, 'backend');
-    }
-    // The device's size from now on: a later server opens the file (never shrunk) at it.
-    return { ...opts, size: String(size) };
   },
 };
 export default spec;

@@ -16,12 +16,13 @@
 
 #include "state.h"
 
-/* A reconnected export must still be the one the device describes. */
+/* A reconnected export must still be the one the device describes. It may have grown (a server restarted
+ * with a larger export, for `resize`): the device serves its own size until it is resized. */
 static bool same_export(const struct export_info &was, const struct export_info &now)
 {
 	const uint16_t used = NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
 			      NBD_FLAG_CAN_MULTI_CONN;
-	return now.size == was.size && (now.flags & was.flags & used) == (was.flags & used) &&
+	return now.size >= was.size && (now.flags & was.flags & used) == (was.flags & used) &&
 	       (now.flags & NBD_FLAG_READ_ONLY) <= (was.flags & NBD_FLAG_READ_ONLY) && now.max_payload >= was.max_payload &&
 	       now.min_block <= was.min_block;
 }
@@ -99,6 +100,7 @@ static void worker_main(struct nbd *n)
 		n->jobs.pop_front();
 		lk.unlock();
 		int fd = -1;
+		uint64_t size = 0;
 		std::string why;
 		for (unsigned a = 0; a < n->reconnect && fd < 0; a++) {
 			/* Backoff 0.1, 0.2, 0.4 ... 5 s; the cancel fd ends it at deinit. */
@@ -112,9 +114,10 @@ static void worker_main(struct nbd *n)
 			if (fd >= 0 && !same_export(n->ei, ei)) {
 				close(fd);
 				fd = -1;
-				why = n->srv.endpoint + ": the export changed across the reconnect (size or flags)";
+				why = n->srv.endpoint + ": the export changed across the reconnect (smaller, or other flags)";
 				break;
 			}
+			size = ei.size;
 			if (fd < 0)
 				fprintf(stderr, "nbd: connection %u: reconnect attempt %u of %u failed: %s\n", i, a + 1,
 					n->reconnect, why.c_str());
@@ -123,6 +126,8 @@ static void worker_main(struct nbd *n)
 		struct conn *c = n->conns[i].get();
 		c->new_fd = fd >= 0 ? fd : -1;
 		c->failed = fd < 0;
+		if (size > n->ei.size)
+			n->ei.size = size; /* status (under mu) shows it: `resize` may grow the device up to it */
 		if (fd < 0)
 			n->last_error = "reconnect failed: " + why;
 		else
@@ -236,9 +241,7 @@ void nbd_conn_lost(struct tq *tq, struct nbd_q *nq, const std::string &why)
 	nq->ring_tail = nq->open_at; /* a run not sent yet: its requests are resent or failed below */
 	if (n->reconnect > 0 && !nq->stopping) {
 		c->state = CONN_RECONNECTING;
-		for (struct slot &s : nq->slots)
-			if (s.phase == P_SENT || s.phase == P_PAYLOAD)
-				s.phase = P_QUEUED; /* resent on the next connection */
+		nbd_hold_all(tq, nq);
 		{
 			std::lock_guard<std::mutex> g(n->mu);
 			n->jobs.push_back(tq->q_id); /* queue q owns connection q */

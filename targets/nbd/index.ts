@@ -31,13 +31,6 @@ const MAX_SOCKET_PATH = 107;
 // The protocol's limit on strings.
 const MAX_EXPORT_NAME = 4096;
 
-function whole(option: string, v: unknown, min: number, max: number, dflt: number): number {
-  if (v === undefined) return dflt;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < min || n > max) throw new UserError(`--${option} must be a whole number from ${min} to ${max}, not ${String(v)}`);
-  return n;
-}
-
 /** A number the native status must carry. */
 function field(status: Record<string, unknown>, key: string): number {
   const v = status[key];
@@ -90,11 +83,11 @@ const spec: TargetSpec = {
   defaultQueues: 1,
   options: {
     host: { type: 'string', describe: 'NBD server host name or address' },
-    port: { type: 'number', default: 10809, describe: 'NBD server TCP port' },
+    port: { type: 'number', default: 10809, range: [1, 65535], describe: 'NBD server TCP port' },
     socket: { type: 'string', describe: 'NBD server unix socket (instead of --host)' },
     export: { type: 'string', default: '', describe: 'export name (default: the server\'s default export)' },
-    timeout: { type: 'number', default: 30, describe: 'seconds: the handshake, and how long a request may wait before it fails with EIO' },
-    reconnect: { type: 'number', default: 0, describe: 'after a lost connection, reconnect up to N times with backoff and resend' },
+    timeout: { type: 'number', default: 30, range: [1, 3600], describe: 'seconds: the handshake, and how long a request may wait before it fails with EIO' },
+    reconnect: { type: 'number', default: 0, range: [0, 1000], describe: 'after a lost connection, reconnect up to N times with backoff and resend' },
     send: { type: 'string', choices: [...SEND_MODES], default: 'auto', describe: 'how write payloads go out: fixed (send from the lease), zc (SEND_ZC), copy' },
   },
   async open(opts) {
@@ -104,9 +97,10 @@ const spec: TargetSpec = {
     if (host !== undefined && (typeof host !== 'string' || host === '')) throw new UserError('--host needs a host name or address');
     if (socket !== undefined && (typeof socket !== 'string' || socket === '' || Buffer.byteLength(socket) > MAX_SOCKET_PATH))
       throw new UserError(`--socket needs a path of 1 to ${MAX_SOCKET_PATH} bytes`);
-    const port = whole('port', opts.port, 1, 65535, 10809);
-    const timeout = whole('timeout', opts.timeout, 1, 3600, 30);
-    const reconnect = whole('reconnect', opts.reconnect, 0, 1000, 0);
+    // Whole numbers in their ranges, defaults filled in (src/option-schema.ts).
+    const port = Number(opts.port);
+    const timeout = Number(opts.timeout);
+    const reconnect = Number(opts.reconnect);
     const exportName = String(opts.export ?? '');
     if (Buffer.byteLength(exportName) > MAX_EXPORT_NAME) throw new UserError(`--export must be at most ${MAX_EXPORT_NAME} bytes`);
     const send = (opts.send ?? 'auto') as SendMode;
@@ -130,6 +124,14 @@ const spec: TargetSpec = {
       params: {},
       info: { endpoint, export: exportName, timeout, reconnect },
       afterStart: shapeFromStatus,
+      // NBD cannot tell a client its export grew: a server restarted with a larger one is taken at the
+      // reconnect (connection.cc), and the status then shows its size.
+      resize(to, status) {
+        const has = field(status, 'size');
+        if (has < to)
+          throw new UserError(`${endpoint}: the export has ${has} bytes, less than --size ${to}: grow it first (a server restarted with a larger export is taken when the device reconnects: --reconnect)`, 'backend');
+        return undefined;
+      },
       close() {},
     };
   },

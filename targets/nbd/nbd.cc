@@ -101,11 +101,12 @@ static std::string nbd_status(const struct target *t)
 			    : reconnecting		? "reconnecting"
 			    : dead == n->conns.size()	? "disconnected"
 							: "degraded";
-	const struct export_info &ei = n->ei;
+	struct export_info ei;
 	std::string err;
 	{
-		std::lock_guard<std::mutex> g(n->mu);
+		std::lock_guard<std::mutex> g(n->mu); /* the reconnect worker grows ei.size */
 		err = n->last_error;
+		ei = n->ei;
 	}
 	std::string s = "{";
 	s += "\"endpoint\":" + json_str(n->srv.endpoint);

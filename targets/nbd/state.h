@@ -62,6 +62,8 @@ struct nbd {
 	std::atomic<uint32_t> losses{0}, reported{0};
 };
 
+/* Where a slot's request is on its connection: wire.cc's step() moves it from phase to phase (the top of
+ * wire.cc). */
 enum phase : uint8_t {
 	P_FREE,
 	P_QUEUED,  /* held, not on the wire: waiting for a connection */
@@ -131,6 +133,8 @@ void nbd_on_event(struct tq *tq, struct nbd_q *nq, int res);
 
 void nbd_arm_recv(struct tq *tq, struct nbd_q *nq);
 void nbd_fail_all(struct tq *tq, struct nbd_q *nq, int res);
+/* The connection is lost and another one is coming: what was sent goes again on it. */
+void nbd_hold_all(struct tq *tq, struct nbd_q *nq);
 void nbd_resend(struct tq *tq, struct nbd_q *nq);
 void nbd_enter_stopping(struct nbd_q *nq);
 int nbd_queue_init(struct tq *tq);

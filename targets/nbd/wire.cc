@@ -13,14 +13,19 @@
  *   teardown   a request the engine ends (a drain) is forgotten at once (on_release): no reply, resend or run
  *              touches it again, and nothing more goes on that queue's wire.
  *
- * A request's life, by its slot's phase:
- *   P_QUEUED   nbd_queue_io holds it; with the connection up, put_on_wire writes its header (into the run
- *              flush_run sends, or sent at once with a WRITE's payload), and it is
- *   P_SENT     until on_reply reads its reply header: an error or a command without a reply payload ends it
- *              there (finish_slot; durable() for writes and FLUSH), a READ's payload is received next, and it is
- *   P_PAYLOAD  until nbd_on_member sees that receive complete and ends it.
- * A lost connection (connection.cc) puts P_SENT and P_PAYLOAD slots back to P_QUEUED for nbd_resend after a
- * reconnect, or fails them; a timeout (on_tick) or a drain (nbd_on_release) frees a slot in any phase.
+ * A request's life is step(): every event of a request, from whichever source, goes through its one switch
+ * on the slot's phase. nbd_queue_io takes the request into a free slot, and it is
+ *   P_QUEUED   until EV_CONNECTED (a connection is up: at once in nbd_queue_io, or nbd_resend after a
+ *              reconnect) puts its header on the wire (into the gathered run, or sent at once with a WRITE's
+ *              payload), and then
+ *   P_SENT     until EV_REPLY (on_reply read its reply header): an error or a command without a reply payload
+ *              ends it (durable() for writes and FLUSH), a READ's payload is received next, and it is
+ *   P_PAYLOAD  until EV_RECEIVED (nbd_on_member: that receive completed) ends it.
+ * A successful send changes no phase: the reply may be read before the send's completion (a short send
+ * continued, SEND_ZC's notification), and a run's send is a member of its last request only. A failed send
+ * or receive loses the connection (connection.cc): with a reconnect to come, EV_LOST puts P_SENT and
+ * P_PAYLOAD back to P_QUEUED for a resend, else every slot fails (EV_FAIL, as a timeout does); a drain
+ * forgets a slot (EV_RELEASED).
  */
 #include <endian.h>
 #include <errno.h>
@@ -112,32 +117,10 @@ static bool in_ring(const struct nbd_q *nq, const void *p)
 	return p >= nq->ring.data() && p < nq->ring.data() + nq->ring.size();
 }
 
-/* Release a request we hold (its members may still be in flight: the engine waits for them). */
-static void finish_slot(struct tq *tq, struct nbd_q *nq, uint16_t tag, int res)
-{
-	struct slot &s = nq->slots[tag];
-	if (s.phase == P_FREE)
-		return;
-	if (tag == nq->run_owner && nq->ring_tail != nq->open_at)
-		flush_run(tq, nq); /* the others' headers must still go, and only its member sends them */
-	struct request *req = s.req;
-	s.phase = P_FREE;
-	s.req = nullptr;
-	nq->held--;
-	if (req->gen == s.gen)
-		request_complete(tq, req, res);
-}
-
-void nbd_fail_all(struct tq *tq, struct nbd_q *nq, int res)
-{
-	for (uint16_t tag = 0; tag < nq->slots.size(); tag++)
-		finish_slot(tq, nq, tag, res);
-}
-
 /* The header (and a WRITE's payload) on stream 1: in order, never interleaved with another request. */
-static void put_on_wire(struct tq *tq, struct nbd_q *nq, struct request *req)
+static void put_on_wire(struct tq *tq, struct nbd_q *nq, const struct slot &s)
 {
-	struct slot &s = nq->slots[req->tag];
+	struct request *req = s.req;
 	bool write = s.cmd == NBD_CMD_WRITE, flush = s.cmd == NBD_CMD_FLUSH;
 	uint32_t size = nq->ring.size();
 	bool gather = !write && nq->ring_tail - nq->ring_head < size;
@@ -151,8 +134,6 @@ static void put_on_wire(struct tq *tq, struct nbd_q *nq, struct request *req)
 	h.cookie = htobe64((uint64_t)req->tag | (uint64_t)req->gen << 16 | (uint64_t)nq->salt << 48);
 	h.offset = htobe64(flush ? 0 : req->offset);
 	h.len = htobe32(flush ? 0 : req->len);
-	s.phase = P_SENT;
-	s.mark = nq->n->acks.load();
 	if (gather) {
 		nq->ring_tail++;
 		nq->run_owner = req->tag;
@@ -174,45 +155,6 @@ static bool room_for_members(const struct request *req)
 	return req->nr_members + 2 <= MAX_MEMBERS;
 }
 
-/* Shut the socket: everything in flight on it ends at once, and the server sees us go. */
-void nbd_enter_stopping(struct nbd_q *nq)
-{
-	if (nq->stopping)
-		return;
-	nq->stopping = true;
-	if (nq->c->state.load() == CONN_UP && nq->wire == 0) {
-		/* Nothing half-sent on the stream: a soft disconnect is possible (never blocks: MSG_DONTWAIT). */
-		struct nbd_request d = {htobe32(NBD_REQUEST_MAGIC), 0, htobe16(NBD_CMD_DISC), 0, 0, 0};
-		(void)!send(nq->c->fd, &d, sizeof(d), MSG_DONTWAIT | MSG_NOSIGNAL);
-	}
-	shutdown(nq->c->fd, SHUT_RDWR);
-}
-/* After a reconnect: resend what we hold, in the order it was first sent. */
-void nbd_resend(struct tq *tq, struct nbd_q *nq)
-{
-	std::vector<uint16_t> order;
-	for (uint16_t tag = 0; tag < nq->slots.size(); tag++)
-		if (nq->slots[tag].phase == P_QUEUED)
-			order.push_back(tag);
-	std::sort(order.begin(), order.end(),
-		  [nq](uint16_t a, uint16_t b) { return (int32_t)(nq->slots[a].seq - nq->slots[b].seq) < 0; });
-	for (uint16_t tag : order) {
-		struct slot &s = nq->slots[tag];
-		if (s.req->gen != s.gen) {
-			s.phase = P_FREE;
-			nq->held--;
-			continue;
-		}
-		if (!room_for_members(s.req)) {
-			finish_slot(tq, nq, tag, -EIO);
-			continue;
-		}
-		put_on_wire(tq, nq, s.req);
-		request_run(tq, s.req);
-	}
-	nbd_arm_recv(tq, nq);
-}
-
 /* A write, FLUSH or FUA request the server acknowledged: what the device may report. NBD's FLUSH covers only
  * what the server instance it reaches completed, so after a connection was lost holding acknowledged
  * writes no FLUSH had covered, the first FLUSH to complete fails with EIO (as a failed writeback would),
@@ -231,6 +173,166 @@ static int durable(struct nbd_q *nq, const struct slot &s)
 	if (s.cmd == NBD_CMD_FLUSH)
 		return n->reported.exchange(losses) != losses ? -EIO : 0;
 	return fua && n->reported.load() != losses ? -EIO : 0;
+}
+
+/* The slot is free again, its request no longer ours. */
+static void forget(struct nbd_q *nq, struct slot &s)
+{
+	s.phase = P_FREE;
+	s.req = nullptr;
+	nq->held--;
+}
+
+/* Release the slot's request with res (its members may still be in flight: the engine waits for them). */
+static void end(struct tq *tq, struct nbd_q *nq, struct slot &s, int res)
+{
+	if (&s == &nq->slots[nq->run_owner] && nq->ring_tail != nq->open_at)
+		flush_run(tq, nq); /* the others' headers must still go, and only its member sends them */
+	struct request *req = s.req;
+	uint32_t gen = s.gen;
+	forget(nq, s);
+	if (req->gen == gen)
+		request_complete(tq, req, res);
+}
+
+/* What happens to a request: step()'s events. */
+enum event : uint8_t {
+	EV_CONNECTED, /* a connection is up to send it on */
+	EV_REPLY,     /* its reply header was read; arg is its NBD error */
+	EV_RECEIVED,  /* its READ payload is in the buffer */
+	EV_LOST,      /* its connection is gone, and another one is coming */
+	EV_FAIL,      /* it ends now with arg (-errno): a timeout, a dead connection */
+	EV_RELEASED,  /* the engine ended it (a drain) */
+};
+
+/* One request's life (the top of this file). Returns false for an event its phase does not take. */
+static bool step(struct tq *tq, struct nbd_q *nq, struct slot &s, enum event ev, int arg = 0)
+{
+	/* In any phase it is held in. */
+	if (s.phase != P_FREE && ev == EV_FAIL) {
+		end(tq, nq, s, arg);
+		return true;
+	}
+	if (s.phase != P_FREE && ev == EV_RELEASED) {
+		forget(nq, s);
+		return true;
+	}
+	switch (s.phase) {
+	case P_FREE:
+		return false; /* ended already */
+
+	case P_QUEUED:
+		if (ev == EV_RECEIVED) {
+			/* A READ's payload that arrived whole before its connection was lost: it is done. */
+			end(tq, nq, s, 0);
+			return true;
+		}
+		if (ev != EV_CONNECTED)
+			return false;
+		if (s.req->gen != s.gen) {
+			forget(nq, s); /* its request ended while it waited */
+			return true;
+		}
+		if (!room_for_members(s.req)) {
+			end(tq, nq, s, -EIO); /* resent too often to describe once more */
+			return true;
+		}
+		put_on_wire(tq, nq, s);
+		s.phase = P_SENT;
+		s.mark = nq->n->acks.load();
+		return true;
+
+	case P_SENT:
+		if (ev == EV_LOST) {
+			s.phase = P_QUEUED; /* resent on the next connection */
+			return true;
+		}
+		if (ev != EV_REPLY)
+			return false;
+		if (arg == NBD_ESHUTDOWN) {
+			/* The server is going away: what we hold is resent after a reconnect, or fails. */
+			nbd_conn_lost(tq, nq, "the server is shutting down (NBD_ESHUTDOWN)");
+		} else if (arg) {
+			/* Never a payload after an error (doc/proto.md: a server that does not disconnect MUST NOT
+			 * send one; nbdkit, qemu-nbd and nbd-server do not), so the next bytes are read as a header.
+			 * A server that sends one anyway is caught there: its bytes would have to carry the reply
+			 * magic and this queue's random salt to pass as a header, and anything else drops the
+			 * connection. */
+			end(tq, nq, s, nbd_errno((uint32_t)arg));
+		} else if (s.cmd == NBD_CMD_READ) {
+			/* The payload follows the header: straight into the request's buffer, before the next header. */
+			struct member *m = add_member(s.req, MEMBER_RECV, nq->file);
+			m->len = s.req->len;
+			nq->wire++;
+			s.phase = P_PAYLOAD;
+			request_run(tq, s.req);
+		} else {
+			end(tq, nq, s, durable(nq, s));
+		}
+		return true;
+
+	case P_PAYLOAD:
+		if (ev == EV_LOST) {
+			s.phase = P_QUEUED; /* resent on the next connection, unless its payload is whole already */
+			return true;
+		}
+		if (ev != EV_RECEIVED)
+			return false;
+		end(tq, nq, s, 0);
+		return true;
+	}
+	return false;
+}
+
+/* req's slot, if req is still the request it holds. */
+static struct slot *held_slot(struct nbd_q *nq, const struct request *req)
+{
+	struct slot &s = nq->slots[req->tag];
+	return s.phase != P_FREE && s.req == req && s.gen == req->gen ? &s : nullptr;
+}
+
+void nbd_fail_all(struct tq *tq, struct nbd_q *nq, int res)
+{
+	for (struct slot &s : nq->slots)
+		step(tq, nq, s, EV_FAIL, res);
+}
+
+void nbd_hold_all(struct tq *tq, struct nbd_q *nq)
+{
+	for (struct slot &s : nq->slots)
+		step(tq, nq, s, EV_LOST);
+}
+
+/* Shut the socket: everything in flight on it ends at once, and the server sees us go. */
+void nbd_enter_stopping(struct nbd_q *nq)
+{
+	if (nq->stopping)
+		return;
+	nq->stopping = true;
+	if (nq->c->state.load() == CONN_UP && nq->wire == 0) {
+		/* Nothing half-sent on the stream: a soft disconnect is possible (never blocks: MSG_DONTWAIT). */
+		struct nbd_request d = {htobe32(NBD_REQUEST_MAGIC), 0, htobe16(NBD_CMD_DISC), 0, 0, 0};
+		(void)!send(nq->c->fd, &d, sizeof(d), MSG_DONTWAIT | MSG_NOSIGNAL);
+	}
+	shutdown(nq->c->fd, SHUT_RDWR);
+}
+
+/* After a reconnect: resend what we hold, in the order it was first sent. */
+void nbd_resend(struct tq *tq, struct nbd_q *nq)
+{
+	std::vector<uint16_t> order;
+	for (uint16_t tag = 0; tag < nq->slots.size(); tag++)
+		if (nq->slots[tag].phase == P_QUEUED)
+			order.push_back(tag);
+	std::sort(order.begin(), order.end(),
+		  [nq](uint16_t a, uint16_t b) { return (int32_t)(nq->slots[a].seq - nq->slots[b].seq) < 0; });
+	for (uint16_t tag : order) {
+		struct slot &s = nq->slots[tag];
+		step(tq, nq, s, EV_CONNECTED);
+		if (s.phase == P_SENT)
+			request_run(tq, s.req); /* not in queue_io: the engine issues nothing by itself */
+	}
+	nbd_arm_recv(tq, nq);
 }
 
 static void on_reply(struct tq *tq, struct nbd_q *nq, int res)
@@ -267,35 +369,15 @@ static void on_reply(struct tq *tq, struct nbd_q *nq, int res)
 	uint16_t tag = cookie & 0xffff;
 	uint32_t gen = (uint32_t)(cookie >> 16);
 	struct slot *s = (cookie >> 48) == nq->salt && tag < nq->slots.size() ? &nq->slots[tag] : nullptr;
-	/* Stale (an earlier request on this tag) or never sent: the stream cannot be trusted any more. */
-	if (!s || s->phase != P_SENT || s->gen != gen || s->req->gen != gen) {
+	bool known = s && s->phase != P_FREE && s->gen == gen && s->req->gen == gen;
+	/* Stale (an earlier request on this tag), not sent yet or answered already (a phase that takes no
+	 * reply): the stream cannot be trusted any more. */
+	if (!known || !step(tq, nq, *s, EV_REPLY, (int)be32toh(nq->reply.error))) {
 		nbd_conn_lost(tq, nq, "a reply for an unknown cookie");
 		return;
 	}
-	uint32_t err = be32toh(nq->reply.error);
-	if (err == NBD_ESHUTDOWN) {
-		/* The server is going away: what we hold is resent after a reconnect, or fails. */
-		nbd_conn_lost(tq, nq, "the server is shutting down (NBD_ESHUTDOWN)");
-		return;
-	}
-	if (err) {
-		/* Never a payload after an error (doc/proto.md: a server that does not disconnect MUST NOT send
-		 * one; nbdkit, qemu-nbd and nbd-server do not), so the next bytes are read as a header. A server
-		 * that sends one anyway is caught there: its bytes would have to carry the reply magic and this
-		 * queue's random salt to pass as a header, and anything else drops the connection. */
-		finish_slot(tq, nq, tag, nbd_errno(err));
-	} else if (s->cmd == NBD_CMD_READ) {
-		/* The payload follows the header: straight into the request's buffer, before the next header. */
-		struct member *m = add_member(s->req, MEMBER_RECV, nq->file);
-		m->len = s->req->len;
-		nq->wire++;
-		s->phase = P_PAYLOAD;
-		request_run(tq, s->req);
-		return;
-	} else {
-		finish_slot(tq, nq, tag, durable(nq, *s));
-	}
-	nbd_arm_recv(tq, nq);
+	if (s->phase != P_PAYLOAD)
+		nbd_arm_recv(tq, nq); /* else the payload comes first */
 }
 
 static void on_tick(struct tq *tq, struct nbd_q *nq, const struct io_uring_cqe *cqe)
@@ -326,9 +408,9 @@ static void on_tick(struct tq *tq, struct nbd_q *nq, const struct io_uring_cqe *
 		if (stuck)
 			nbd_conn_lost(tq, nq, "no reply within --timeout " + std::to_string(nq->n->srv.timeout_ms / 1000) + " s");
 		if (late)
-			for (uint16_t tag = 0; tag < nq->slots.size(); tag++)
-				if (nq->slots[tag].phase != P_FREE && now >= nq->slots[tag].deadline)
-					finish_slot(tq, nq, tag, -EIO);
+			for (struct slot &s : nq->slots)
+				if (s.phase != P_FREE && now >= s.deadline)
+					step(tq, nq, s, EV_FAIL, -EIO);
 	}
 	arm_timer(tq, nq);
 	nbd_try_install(tq, nq);
@@ -359,8 +441,7 @@ enum member_fold nbd_on_member(struct tq *tq, struct request *req, unsigned idx,
 {
 	struct nbd_q *nq = Q(tq);
 	const struct member *m = &req->members[idx];
-	struct slot &s = nq->slots[req->tag];
-	bool mine = s.phase != P_FREE && s.req == req && s.gen == req->gen;
+	struct slot *s = held_slot(nq, req);
 	enum member_fold fold = FOLD_DEFAULT;
 	nq->wire--;
 	if (m->kind == MEMBER_SEND && in_ring(nq, m->ptr))
@@ -372,12 +453,12 @@ enum member_fold nbd_on_member(struct tq *tq, struct request *req, unsigned idx,
 		/* Part of a header or payload may have gone: the byte stream is broken. */
 		nbd_conn_lost(tq, nq, std::string(m->kind == MEMBER_RECV ? "receive: " : "send: ") +
 					  (res == 0 ? "the connection closed" : strerror(-res)));
-		if (mine && s.phase == P_QUEUED)
+		if (s && s->phase == P_QUEUED)
 			fold = FOLD_IGNORE; /* it goes again on the next connection */
 	} else if (m->kind == MEMBER_RECV) {
 		/* The whole payload is in the buffer (the engine continued short receives). */
-		if (mine)
-			finish_slot(tq, nq, req->tag, 0);
+		if (s)
+			step(tq, nq, *s, EV_RECEIVED);
 		nbd_arm_recv(tq, nq);
 	}
 	nbd_try_install(tq, nq);
@@ -389,12 +470,8 @@ enum member_fold nbd_on_member(struct tq *tq, struct request *req, unsigned idx,
 void nbd_on_release(struct tq *tq, struct request *req)
 {
 	struct nbd_q *nq = Q(tq);
-	struct slot &s = nq->slots[req->tag];
-	if (s.phase != P_FREE && s.req == req && s.gen == req->gen) {
-		s.phase = P_FREE;
-		s.req = nullptr;
-		nq->held--;
-	}
+	if (struct slot *s = held_slot(nq, req))
+		step(tq, nq, *s, EV_RELEASED);
 	nq->ring_tail = nq->open_at; /* a run not sent yet: its requests are being released too */
 	nbd_enter_stopping(nq);
 }
@@ -456,7 +533,7 @@ int nbd_queue_io(struct tq *tq, struct request *req)
 	nq->held++;
 	s = {req, req->gen, P_QUEUED, cmd, cflags, nq->seq++, now_ms() + n->srv.timeout_ms, 0};
 	if (nq->c->state.load() == CONN_UP)
-		put_on_wire(tq, nq, req); /* the engine issues what queue_io added */
+		step(tq, nq, s, EV_CONNECTED); /* the engine issues what queue_io added */
 	return QUEUE_IO_PENDING;
 }
 

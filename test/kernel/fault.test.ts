@@ -66,6 +66,18 @@ describe('fault --corrupt-range', () => {
   });
 });
 
+/** Across kill -9 + recover: every byte acknowledged before is read back through the new server. */
+function readBackAfterKill(dev: AddedDevice): void {
+  const p = `--output-format=json --name=p --filename=${dev.blockDevice} --rw=write --bs=64k --size=8M --offset=8M --direct=1 --ioengine=io_uring --verify=crc32c --verify_fatal=1 --verify_state_save=0`;
+  expect(fioJob(sh(`fio ${p} --do_verify=0`)).error).toBe(0);
+  process.kill(dev.pid, 'SIGKILL');
+  const back = cliJson<AddedDevice>('recover', '-n', String(dev.id));
+  expect(back.pid).not.toBe(dev.pid);
+  const again = fioJob(sh(`fio ${p} --verify_only`));
+  expect(again.error).toBe(0);
+  expect(again.read.io_bytes).toBe(8 << 20);
+}
+
 describe('fault over a target with state of its own (the wrapper contract)', () => {
   // fio verify (crc32c) of 8 MiB outside the failing range, then a read inside it.
   const verifyThenHit = (dev: string) => {
@@ -86,20 +98,12 @@ describe('fault over a target with state of its own (the wrapper contract)', () 
     const info = cliJson<{ id: number; info: Record<string, unknown> }[]>('list').find((d) => d.id === dev.id)!.info;
     expect(info.legs).toBe('in-sync,in-sync'); // an injected error is not a leg's
     expect(info.faults).toBe('fail-range');
-    // Across kill -9 + recover: every byte acknowledged before is read back through the new server.
-    const p = `--output-format=json --name=p --filename=${dev.blockDevice} --rw=write --bs=64k --size=8M --offset=8M --direct=1 --ioengine=io_uring --verify=crc32c --verify_fatal=1 --verify_state_save=0`;
-    expect(fioJob(sh(`fio ${p} --do_verify=0`)).error).toBe(0);
-    process.kill(dev.pid, 'SIGKILL');
-    const back = cliJson<AddedDevice>('recover', '-n', String(dev.id));
-    expect(back.pid).not.toBe(dev.pid);
-    const again = fioJob(sh(`fio ${p} --verify_only`));
-    expect(again.error).toBe(0);
-    expect(again.read.io_bytes).toBe(8 << 20);
+    readBackAfterKill(dev);
     cliJson('del', '-n', String(dev.id));
     expect(sh(`cmp -n ${8 << 20} ${a} ${b} && echo same`).trim()).toBe('same');
   });
 
-  it("--over nbd: the export's size, verify passes beside a failing range", async () => {
+  it("--over nbd: the export's size, verify passes beside a failing range, kill -9 + recover", async () => {
     const dir = scratch('fault-nbd');
     const sock = path.join(dir, 'nbd.sock');
     const server = await nbdkit(sock, 'memory', '32M');
@@ -107,6 +111,7 @@ describe('fault over a target with state of its own (the wrapper contract)', () 
       const dev = cliJson<AddedDevice>('add', '--target', 'fault', '--over', 'nbd', '--socket', sock, '--fail-range', '16M:1M', '--queues', '2');
       expect(dev.size).toBe(32 << 20);
       verifyThenHit(dev.blockDevice);
+      readBackAfterKill(dev);
       cliJson('del', '-n', String(dev.id));
     } finally {
       await stopServer(server);

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { openBy } from '../../src/lifecycle.js';
 import type { Outcome } from '../../src/updown.js';
-import { cli, cliJson, delAll, failedInOneLine, inBackground, MNT, scratch, sh, sleep, stateOf, ublkDevices, waitFor, type AddedDevice, type Listed } from './helpers.js';
+import { cli, cliJson, delAll, failedInOneLine, inBackground, listEntry, MNT, nbdkit, scratch, sh, sleep, stateOf, stopServer, ublkDevices, waitFor, type AddedDevice, type Listed } from './helpers.js';
 
 afterEach(() => {
   delAll();
@@ -123,40 +123,72 @@ describe('partition scan and the flags per device', () => {
 });
 
 describe('resize', () => {
-  it('grows a mounted ext4 on a file device: file first, then the disk; resize2fs online; fsck clean; recover keeps it', async () => {
-    const img = path.join(scratch('resize'), 'disk.img');
-    const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', img, '--size', '64M', '--queues', '1');
+  /** A 64M ext4 with a file on it, mounted at MNT; returns its size in bytes and where the file's sum is. */
+  function mountedExt4(dev: AddedDevice, dir: string): { before: number; sum: string } {
     sh(`mkfs.ext4 -q ${dev.blockDevice} && mkdir -p ${MNT} && mount ${dev.blockDevice} ${MNT}`);
-    sh(`head -c 8M /dev/urandom > ${MNT}/f && sha256sum < ${MNT}/f > ${img}.sum`);
-    const fsBytes = () => Number(sh(`df -B1 --output=size ${MNT} | tail -1`).trim());
-    const before = fsBytes();
+    const sum = path.join(dir, 'f.sum');
+    sh(`head -c 8M /dev/urandom > ${MNT}/f && sha256sum < ${MNT}/f > ${sum}`);
+    return { before: fsBytes(), sum };
+  }
+  const fsBytes = () => Number(sh(`df -B1 --output=size ${MNT} | tail -1`).trim());
 
+  /** `resize` to 128M done: the kernel shows it, resize2fs grows the mounted ext4 online into room it did
+   * not have, fsck is clean; after kill -9 + recover the device has the new size and the file. */
+  async function grownOnline(dev: AddedDevice, fs0: { before: number; sum: string }): Promise<void> {
     const r = cli('resize', '-n', String(dev.id), '--size', '128M');
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout.trim()).toBe(`resized ${dev.blockDevice}: 64M -> 128M`);
-    expect(fs.statSync(img).size).toBe(128 << 20);
     expect(fs.readFileSync(`/sys/block/ublkb${dev.id}/size`, 'utf8').trim()).toBe(String((128 << 20) / 512));
     expect(sh(`lsblk -bdno SIZE ${dev.blockDevice}`).trim()).toBe(String(128 << 20));
     sh(`resize2fs ${dev.blockDevice} 2>&1`);
-    expect(fsBytes()).toBeGreaterThan(before + (48 << 20));
-    sh(`head -c 80M /dev/zero > ${MNT}/big && sync`); // room the 64M filesystem did not have
-
-    // Shrinking is refused without --force, and so is a size that is not whole blocks; nothing changes.
-    expect(failedInOneLine(cli('resize', '-n', String(dev.id), '--size', '96M'))).toMatch(/below the device's 128M.*--force/);
-    expect(failedInOneLine(cli('resize', '-n', String(dev.id), '--size', '1000'))).toMatch(/multiple of the logical block size/);
+    expect(fsBytes()).toBeGreaterThan(fs0.before + (48 << 20));
+    sh(`head -c 64M /dev/zero > ${MNT}/big && sync`); // room the 64M filesystem did not have
     expect(cliJson<Listed[]>('list').find((d) => d.id === dev.id)?.size).toBe(128 << 20);
     sh(`umount ${MNT}`);
     sh(`e2fsck -fn ${dev.blockDevice}`);
-
     // The record has the new size: a server started after a crash re-attaches at it.
     process.kill(dev.pid, 'SIGKILL');
     await waitFor('the device to wait for a server', () => stateOf(dev.id) === 'quiesced', 30_000);
     const back = cliJson<AddedDevice>('recover', '-n', String(dev.id));
     expect(back.size).toBe(128 << 20);
-    sh(`mount ${dev.blockDevice} ${MNT} && sha256sum < ${MNT}/f | cmp - ${img}.sum && umount ${MNT}`);
+    sh(`mount ${dev.blockDevice} ${MNT} && sha256sum < ${MNT}/f | cmp - ${fs0.sum} && umount ${MNT}`);
+  }
+
+  it('grows a mounted ext4 on a file device: file first, then the disk; resize2fs online; fsck clean; recover keeps it', async () => {
+    const dir = scratch('resize');
+    const img = path.join(dir, 'disk.img');
+    const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', img, '--size', '64M', '--queues', '1');
+    const fs0 = mountedExt4(dev, dir);
+    // Shrinking is refused without --force, and so is a size that is not whole blocks; nothing changes.
+    expect(failedInOneLine(cli('resize', '-n', String(dev.id), '--size', '32M'))).toMatch(/below the device's 64M.*--force/);
+    expect(failedInOneLine(cli('resize', '-n', String(dev.id), '--size', '1000'))).toMatch(/multiple of the logical block size/);
+    await grownOnline(dev, fs0);
+    expect(fs.statSync(img).size).toBe(128 << 20);
 
     // A target that cannot grow its backend is refused in one line.
     const nul = cliJson<AddedDevice>('add', '--target', 'null', '--size', '64M', '--queues', '1');
     expect(failedInOneLine(cli('resize', '-n', String(nul.id), '--size', '128M'))).toMatch(/target null cannot be resized/);
+  });
+
+  it('grows a mounted ext4 on an nbd device once its server serves a larger export; resize2fs online; fsck clean; recover keeps it', async () => {
+    const dir = scratch('resize-nbd');
+    const sock = path.join(dir, 'nbd.sock');
+    const disk = path.join(dir, 'export.img');
+    sh(`truncate -s 64M ${disk}`);
+    // nbdkit's file plugin: its data outlives each nbdkit, so a larger export is the same disk served again.
+    let srv = await nbdkit(sock, 'file', disk);
+    const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--queues', '2', '--reconnect', '30');
+    const fs0 = mountedExt4(dev, dir);
+    // The export has not grown: refused in one line, nothing changes.
+    expect(failedInOneLine(cli('resize', '-n', String(dev.id), '--size', '128M'))).toMatch(/the export has 67108864 bytes, less than --size 134217728: grow it first/);
+    expect(sh(`lsblk -bdno SIZE ${dev.blockDevice}`).trim()).toBe(String(64 << 20));
+    // It grows: its server is restarted over the larger file, the device's connections reconnect to it.
+    // (Synced first: a connection lost with unflushed writes fails the next FLUSH, as it must.)
+    sh('sync');
+    await stopServer(srv);
+    sh(`truncate -s 128M ${disk}`);
+    srv = await nbdkit(sock, 'file', disk);
+    await waitFor('the device to see the larger export', () => listEntry(dev.id)?.info.size === 128 << 20, 30_000);
+    await grownOnline(dev, fs0);
   });
 });

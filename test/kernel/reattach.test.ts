@@ -36,7 +36,7 @@ function refused(id: number, why: RegExp): void {
 }
 
 describe('recover checks the backend before it fetches', () => {
-  it('a backing file that changed size is refused, and a read that waited is served only by the next good server', async () => {
+  it('a backing file that shrank is refused, one that grew is taken at the device size, and a read that waited is served only by the next good server', async () => {
     const img = path.join(scratch('reattach-size'), 'disk.img');
     fs.writeFileSync(img, '');
     fs.truncateSync(img, 8 << 20);
@@ -44,14 +44,17 @@ describe('recover checks the backend before it fetches', () => {
     sh(`dd if=/dev/urandom of=${dev.blockDevice} bs=1M count=1 oflag=direct status=none`);
     await killServer(dev);
     const read = pendingRead(dev);
-    fs.truncateSync(img, 16 << 20);
-    refused(dev.id, /has 16384 sectors but its target now has 32768: not re-attaching/);
+    fs.truncateSync(img, 4 << 20);
+    refused(dev.id, /has 16384 sectors but its target now has only 8192: not re-attaching/);
     await sleep(1500);
     expect(read.ended()).toBe(false); // no server took it
     expect(stateOf(dev.id)).toBe('quiesced');
-    fs.truncateSync(img, 8 << 20);
+    // Grown (a resize whose UPDATE_SIZE never came): the device goes on at its own size.
+    fs.truncateSync(img, 16 << 20);
     const back = cliJson<AddedDevice>('recover', '-n', String(dev.id));
     expect(back.id).toBe(dev.id);
+    expect(back.size).toBe(8 << 20);
+    expect(fs.readFileSync(`/sys/block/ublkb${dev.id}/size`, 'utf8').trim()).toBe('16384');
     await waitFor('the waiting read', read.ended, 20_000);
     expect(read.code()).toBe(0);
   });

@@ -1,13 +1,16 @@
 // `upgrade` on the real driver: a new server takes a device over under a verified write job (QD64 over 2
 // queues, mixed block sizes) on file, mirror and nbd devices, with fio's per-second IOPS log showing the
 // switch; a memory device is refused and keeps serving; `upgrade --all` skips it and upgrades a device
-// under a --restart supervisor, which takes the handover for no crash.
+// under a --restart supervisor, which takes the handover for no crash; an `up` name stays through it, and
+// a gc or recover meanwhile leaves the device to the process taking it over.
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
-import { alive, CLI, cli, cliJson, delAll, failedInOneLine, FIO_VERIFY, fioInBackground, fioJob, hung, inBackground, listed, nbdkit, scratch, sh, waitFor, type AddedDevice } from './helpers.js';
+import { alive, CLI, cli, cliJson, delAll, failedInOneLine, FIO_VERIFY, fioInBackground, fioJob, hung, inBackground, listed, nbdkit, scratch, sh, stateOf, waitFor, type AddedDevice } from './helpers.js';
 import type { UpgradeAll, Upgraded } from '../../src/upgrade.js';
-import { readRecord } from '../../src/state.js';
+import { readRecord, stateDir } from '../../src/state.js';
+import type { GcOutcome } from '../../src/gc.js';
+import type { Outcome } from '../../src/updown.js';
 
 afterEach(delAll);
 
@@ -176,5 +179,56 @@ describe('what upgrade leaves alone', () => {
     expect(fs.readFileSync(sup.log, 'utf8')).toMatch(new RegExp(`restart 1/1: server ${next} ended \\(killed by SIGKILL\\)`));
     expect(listed(mem.id).pid).toBe(mem.pid);
     expect(sh(`cmp -n 1M /tmp/up-pattern ${mem.blockDevice} && echo same`).trim()).toBe('same');
+  }, 120_000);
+});
+
+describe('one process takes a device over at a time', () => {
+  it('an `up` name points at the device all through an upgrade; gc and recover leave a device another ublk-ts is taking over', async () => {
+    const dir = scratch('up-name');
+    const img = path.join(dir, 'vol.img');
+    sh(`truncate -s 16M ${img}`);
+    const conf = path.join(dir, 'devices.json');
+    fs.writeFileSync(conf, JSON.stringify({ devices: { vol: { target: 'file', file: img, queues: 1 } } }));
+    const [vol] = cliJson<{ devices: Outcome[] }>('up', 'vol', '--config', conf).devices;
+    const id = vol.id!;
+    const blockDevice = `/dev/ublkb${id}`;
+    const linked = () => {
+      try {
+        return fs.readlinkSync(vol.path!) === blockDevice;
+      } catch {
+        return false;
+      }
+    };
+    // Looked at every 10 ms while the upgrade runs: the old server's exit no longer takes the name away.
+    let gaps = 0;
+    const watch = setInterval(() => void (linked() || gaps++), 10);
+    try {
+      await upgrade('-n', String(id));
+    } finally {
+      clearInterval(watch);
+    }
+    expect(gaps).toBe(0);
+    expect(linked()).toBe(true);
+
+    // Another ublk-ts starting a server for it: its mark, held by a live process of that name.
+    const holder = inBackground('bash', ['-c', 'echo $$; exec -a ublk-ts-holder sleep 600']);
+    await waitFor('the holder to start', () => /^\d+/.test(holder.output()), 10_000);
+    const holderPid = Number(/^(\d+)/.exec(holder.output())![1]);
+    fs.writeFileSync(path.join(stateDir(), `ublkb${id}.takeover`), `${holderPid}\n`);
+    const before = listed(id).pid;
+    process.kill(before, 'SIGKILL');
+    await waitFor('the device to wait for a server', () => stateOf(id) === 'quiesced', 30_000);
+    const swept = cliJson<{ devices: GcOutcome[] }>('gc').devices.find((o) => o.id === id);
+    expect(swept).toMatchObject({ action: 'left', why: expect.stringMatching(`ublk-ts pid ${holderPid} is starting a server for it now`) });
+    expect(failedInOneLine(cli('recover', '-n', String(id)))).toMatch(`ublk-ts pid ${holderPid} is starting a server for it now`);
+    expect(stateOf(id)).toBe('quiesced');
+    // The holder dies without a word: its mark is stale, the next recover takes it.
+    process.kill(holderPid, 'SIGKILL');
+    await holder.exit;
+    const back = cliJson<AddedDevice>('recover', '-n', String(id));
+    expect(back.pid).not.toBe(before);
+    expect(listed(id).state).toBe('live');
+    expect(linked()).toBe(true);
+    expect(fs.existsSync(path.join(stateDir(), `ublkb${id}.takeover`))).toBe(false);
   }, 120_000);
 });

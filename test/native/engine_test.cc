@@ -637,12 +637,31 @@ TEST(members_added_to_a_held_request_are_waited_for_after_its_release)
 
 /* ---- the remote hand-over queue ---- */
 
+using remote_fn = std::function<void(struct tq *, struct request *, const struct remote_completion &)>;
+
+/* A scripted target with an on_remote op: `remote` sees every completion the engine lets through. */
+struct remote_rig : harness {
+	remote_fn remote;
+	std::vector<struct remote_completion> seen;
+	remote_rig(io_fn io, remote_fn fn) : harness(MODE_AUTO_LEASE), remote(std::move(fn))
+	{
+		queue_io = std::move(io);
+		ops.on_remote = [](struct tq *tq, struct request *req, const struct remote_completion &c) {
+			auto *self = static_cast<remote_rig *>(static_cast<harness *>(tq->t->priv));
+			self->seen.push_back(c);
+			self->remote(tq, req, c);
+		};
+		start();
+	}
+	~remote_rig() { CHECK(stop()); }
+};
+
 TEST(a_remote_completion_commits_its_result)
 {
 	rig h(MODE_AUTO_LEASE, hold);
 	uint32_t gen = held_flush(h, 1);
 	int ret = 1;
-	std::thread other([&] { ret = queue_complete_remote(&h.q, {1, gen, -ENOSPC, 0, 0}); });
+	std::thread other([&] { ret = queue_complete_remote(&h.q, {1, gen, -ENOSPC, {}}); });
 	other.join();
 	CHECK_EQ(ret, 0);
 	CHECK(!h.committed(1)); /* only the queue thread completes, once woken */
@@ -651,17 +670,26 @@ TEST(a_remote_completion_commits_its_result)
 	CHECK_EQ(h.count(UD_WAKE), 1); /* the wake read is armed again */
 }
 
-TEST(a_remote_completion_with_a_file_is_served_as_one_member_on_the_lease)
+TEST(a_remote_completion_goes_to_the_targets_on_remote_which_may_serve_it_as_a_member_on_the_lease)
 {
-	rig h(MODE_AUTO_LEASE, [](struct tq *, struct request *req) {
-		req->copy = true; /* a bridge request its handler looked at */
-		return (int)QUEUE_IO_PENDING;
-	});
+	remote_rig h(
+		[](struct tq *, struct request *req) {
+			req->copy = true; /* the target looked at it through a copy first */
+			return (int)QUEUE_IO_PENDING;
+		},
+		[](struct tq *tq, struct request *req, const struct remote_completion &c) {
+			req->copy = false;
+			add(req, MEMBER_READ, (uint8_t)c.arg[0], 0, req->len, c.arg[1]);
+			request_complete(tq, req, c.result);
+		});
 	h.request(0, R, 0, 8192);
-	CHECK_EQ(queue_complete_remote(&h.q, {0, h.q.ios[0].req.gen, 0, 1, 12345}), 0);
+	CHECK_EQ(queue_complete_remote(&h.q, {0, h.q.ios[0].req.gen, 0, {1, 12345}}), 0);
+	CHECK_EQ(h.seen.size(), 0); /* not before the queue thread takes it */
 	h.wake();
+	CHECK_EQ(h.seen.size(), 1);
 	struct io_uring_sqe s = h.take(UD_MEMBER, 0, 0);
 	CHECK_RW(s, IORING_OP_READ_FIXED, 1, 0, 8192, 12345);
+	CHECK(!h.committed(0));
 	h.answer(s, 8192);
 	CHECK_EQ(h.result(0), 8192);
 }
@@ -670,18 +698,45 @@ TEST(a_remote_completion_for_an_earlier_request_is_dropped)
 {
 	rig h(MODE_AUTO_LEASE, hold);
 	uint32_t gen = held_flush(h, 0);
-	CHECK_EQ(queue_complete_remote(&h.q, {0, gen - 1, -EIO, 0, 0}), 0);
+	CHECK_EQ(queue_complete_remote(&h.q, {0, gen - 1, -EIO, {}}), 0);
 	h.wake();
 	CHECK(!h.committed(0));
-	CHECK_EQ(queue_complete_remote(&h.q, {0, gen, 0, 0, 0}), 0);
+	CHECK_EQ(queue_complete_remote(&h.q, {0, gen, 0, {}}), 0);
 	h.wake();
 	CHECK_EQ(h.result(0), 0);
+}
+
+TEST(on_remote_is_called_only_for_the_request_it_was_meant_for_and_only_while_held)
+{
+	remote_rig h(hold, [](struct tq *tq, struct request *req, const struct remote_completion &c) {
+		request_complete(tq, req, c.result);
+	});
+	uint32_t gen = held_flush(h, 0);
+	CHECK_EQ(queue_complete_remote(&h.q, {0, gen - 1, -EIO, {7, 8}}), 0);
+	CHECK_EQ(queue_complete_remote(&h.q, {0, gen + 1, -EIO, {7, 8}}), 0);
+	h.wake();
+	CHECK_EQ(h.seen.size(), 0);
+	CHECK(!h.committed(0));
+	CHECK_EQ(queue_complete_remote(&h.q, {0, gen, -ENOSPC, {7, 8}}), 0);
+	CHECK_EQ(queue_complete_remote(&h.q, {0, gen, 0, {7, 8}}), 0); /* a second answer for it */
+	h.wake();
+	CHECK_EQ(h.seen.size(), 1); /* the second found it released */
+	CHECK_EQ(h.seen[0].arg[0], 7);
+	CHECK_EQ(h.seen[0].arg[1], 8);
+	CHECK_EQ(h.result(0), -ENOSPC);
+	/* A request the engine ended (a drain) is no longer the target's: its answer is not delivered. */
+	uint32_t gen1 = held_flush(h, 1);
+	drain_now(h);
+	CHECK_EQ(h.result(1), -EIO);
+	CHECK_EQ(queue_complete_remote(&h.q, {1, gen1, 0, {}}), 0);
+	h.wake();
+	CHECK_EQ(h.seen.size(), 1);
 }
 
 TEST(the_remote_queue_is_bounded_by_the_depth)
 {
 	rig h(MODE_AUTO_LEASE, hold, nullptr, 4);
-	struct remote_completion c = {0, held_flush(h, 0), 0, 0, 0};
+	struct remote_completion c = {0, held_flush(h, 0), 0, {}};
 	for (int i = 0; i < 4; i++)
 		CHECK_EQ(queue_complete_remote(&h.q, c), 0);
 	CHECK_EQ(queue_complete_remote(&h.q, c), -EAGAIN);
@@ -790,12 +845,12 @@ TEST(requests_beyond_the_cqs_room_wait_in_the_backlog_in_order)
 	for (uint16_t t = 0; t < max + 2; t++)
 		h.request(t, FLUSH, 0, 0);
 	CHECK_EQ(started.size(), max);
-	CHECK_EQ(queue_complete_remote(&h.q, {0, 1, 0, 0, 0}), 0);
+	CHECK_EQ(queue_complete_remote(&h.q, {0, 1, 0, {}}), 0);
 	h.wake();
 	CHECK_EQ(h.result(0), 0);
 	CHECK_EQ(started.size(), max + 1);
 	CHECK_EQ(started.back(), max); /* the first one waiting */
-	CHECK_EQ(queue_complete_remote(&h.q, {1, 1, 0, 0, 0}), 0);
+	CHECK_EQ(queue_complete_remote(&h.q, {1, 1, 0, {}}), 0);
 	h.wake();
 	CHECK_EQ(started.back(), max + 1);
 	drain_now(h);

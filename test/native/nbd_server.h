@@ -1,4 +1,5 @@
-/* A scripted NBD server on a unix socket: one connection, served by a thread running the test's script. */
+/* A scripted NBD server on a unix socket: `accepts` connections one after another (a reconnect is the
+ * second), each served to its end by a thread running the test's script. */
 #pragma once
 #include <endian.h>
 #include <stdlib.h>
@@ -17,7 +18,7 @@ struct nbd_script_server {
 	int lfd = -1;
 	std::thread th;
 
-	explicit nbd_script_server(std::function<void(int fd)> script, bool listen_at_all = true)
+	explicit nbd_script_server(std::function<void(int fd)> script, bool listen_at_all = true, unsigned accepts = 1)
 	{
 		char tmpl[] = "/tmp/nbd-test-XXXXXX";
 		dir = mkdtemp(tmpl);
@@ -30,14 +31,17 @@ struct nbd_script_server {
 		strcpy(a.sun_path, path.c_str());
 		(void)!bind(lfd, (struct sockaddr *)&a, sizeof(a));
 		(void)!listen(lfd, 4);
-		th = std::thread([this, script] {
-			int fd = accept(lfd, nullptr, nullptr);
-			if (fd < 0)
-				return;
-			struct timeval tv = {5, 0}; /* a script waiting for bytes that never come ends */
-			setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-			script(fd);
-			close(fd);
+		struct timeval tv = {5, 0}; /* a connection that never comes, or bytes that never come, end the script */
+		setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		th = std::thread([this, script, accepts, tv] {
+			for (unsigned i = 0; i < accepts; i++) {
+				int fd = accept(lfd, nullptr, nullptr);
+				if (fd < 0)
+					return;
+				setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+				script(fd);
+				close(fd);
+			}
 		});
 	}
 	~nbd_script_server()
