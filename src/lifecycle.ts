@@ -1,5 +1,5 @@
 // add, del and list as the CLI and the public API see them.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { addon, awaitsServer, DEV_STATE_NAMES, projectRoot } from './native.js';
@@ -59,6 +59,7 @@ export async function spawnServer(o: DaemonOptions, timeoutMs = 120_000): Promis
   }).catch(async (e: unknown) => {
     // Giving up: the server must not live on, nor leave the device it made.
     child.kill('SIGKILL');
+    await exited(child);
     if (added !== undefined) {
       const { removeFromKernel } = await import('./server.js');
       await removeFromKernel(added).catch(() => undefined);
@@ -66,14 +67,27 @@ export async function spawnServer(o: DaemonOptions, timeoutMs = 120_000): Promis
     throw e;
   });
   const msg = JSON.parse(line) as { ok: boolean; error?: string; kind?: unknown; record?: DeviceRecord };
-  child.unref();
   (pipe as unknown as { destroy(): void }).destroy();
   if (!msg.ok || !msg.record) {
+    await exited(child);
     if (o.recover === undefined) fs.rmSync(log, { force: true });
     // The server says what kind of failure it was, so the exit status is the same as with --foreground.
     throw new UserError(msg.error ?? 'server failed', isErrorKind(msg.kind) ? msg.kind : 'other');
   }
+  child.unref();
   return msg.record;
+}
+
+/** A refused server exits by itself once it has reported; a failed start returns only when it has gone. */
+function exited(child: ChildProcess, graceMs = 10_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
 }
 
 /** Starts a background server for a new device; resolves with its record once /dev/ublkbN serves IO. */

@@ -26,12 +26,12 @@ beforeAll(() => {
 afterEach(delAll);
 afterAll(() => fs.rmSync(RANDOM, { force: true }));
 
-/** Writes files of mixed sizes (about 80 MB in all), each a different slice of the random source. */
+/** Writes files of mixed sizes (about 45 MB in all), each a different slice of the random source. */
 function writeMixedFiles(dir: string): number {
-  const sizes = [1, 4096, 12_345, 65_536, 1 << 20, 3_500_000, 16 << 20, 47 << 20];
+  const sizes = [1, 4096, 12_345, 65_536, 1 << 20, 3_500_000, 16 << 20, 24 << 20];
   const files: string[] = [];
   let total = 0;
-  for (let i = 0; total < 80 << 20; i++) {
+  for (let i = 0; total < 40 << 20; i++) {
     const size = sizes[i % sizes.length];
     const skip = (i * 7919) % (1 << 20);
     files.push(`tail -c +${skip + 1} ${RANDOM} | head -c ${size} > ${dir}/f${i}`);
@@ -41,8 +41,11 @@ function writeMixedFiles(dir: string): number {
   return files.length;
 }
 
+/** ext4 in the default mode and in the one furthest from it; fio verify covers every mode. */
+const EXT4_MODES: readonly string[] = ['auto-lease', 'copy'];
+
 describe.each(DATA_MODES)('file target, data mode %s', (mode) => {
-  it('carries ext4: 80+ MB of files survive umount, delete, fsck and re-add', () => {
+  if (EXT4_MODES.includes(mode)) it('carries ext4: 40+ MB of files survive umount, delete, fsck and re-add', () => {
     const dir = scratch(`fs-${mode}`);
     const img = path.join(dir, 'disk.img');
     const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', img, '--size', '256M', '--data-mode', mode, '--queues', '2');
@@ -70,10 +73,10 @@ describe.each(DATA_MODES)('file target, data mode %s', (mode) => {
     cliJson('del', '-n', String(again.id));
   });
 
-  it('passes fio verify=crc32c: 256 MiB of random writes, 4k-256k, QD64, 2 queues', () => {
+  it('passes fio verify=crc32c: 128 MiB of random writes, 4k-256k, QD64, 2 queues', () => {
     const dir = scratch(`fio-${mode}`);
     const dev = cliJson<AddedDevice>('add', '--target', 'file', '--file', path.join(dir, 'disk.img'), '--size', '256M', '--data-mode', mode, '--queues', '2');
-    fioVerify(dev.blockDevice, '4k-256k', 64, 256 << 20);
+    fioVerify(dev.blockDevice, '4k-256k', 64, 128 << 20);
     cliJson('del', '-n', String(dev.id));
   });
 });

@@ -40,11 +40,11 @@ function assemble(legs: string[], chunk: number, size: number): Buffer {
 }
 
 describe.each([
-  { legs: 2, chunk: '64k', mode: 'auto' },
-  { legs: 4, chunk: '128k', mode: 'auto' },
-  { legs: 4, chunk: '64k', mode: 'copy' },
-  { legs: 2, chunk: '4k', mode: 'lease' },
-])('stripe over $legs legs, chunk $chunk, data mode $mode', ({ legs, chunk, mode }) => {
+  { legs: 2, chunk: '64k', mode: 'auto', ext4: false },
+  { legs: 4, chunk: '128k', mode: 'auto', ext4: true },
+  { legs: 4, chunk: '64k', mode: 'copy', ext4: false },
+  { legs: 2, chunk: '4k', mode: 'lease', ext4: false },
+])('stripe over $legs legs, chunk $chunk, data mode $mode', ({ legs, chunk, mode, ext4 }) => {
   const chunkBytes = parseInt(chunk, 10) * KiB;
   const add = (files: string[]) =>
     cliJson<AddedDevice>('add', '--target', 'stripe', ...files.flatMap((f) => ['--leg', f]), '--chunk', chunk, '--data-mode', mode, '--queues', '2');
@@ -53,16 +53,15 @@ describe.each([
     const dir = scratch(`stripe-fio-${legs}-${chunk}-${mode}`);
     const files = Array.from({ length: legs }, (_, i) => path.join(dir, `leg${i}.img`));
     // Legs of different sizes: the device is n times the smallest, in whole chunks.
-    sh(files.map((f, i) => `truncate -s ${64 * 1024 + i * 100}k ${f}`).join(' && '));
-    const size = legs * (64 << 20);
+    sh(files.map((f, i) => `truncate -s ${32 * 1024 + i * 100}k ${f}`).join(' && '));
+    const size = legs * (32 << 20);
     const dev = add(files);
     expect(dev.size).toBe(size);
     const queue = `/sys/block/${path.basename(dev.blockDevice)}/queue`;
     expect(Number(fs.readFileSync(`${queue}/minimum_io_size`, 'utf8'))).toBe(chunkBytes);
     expect(Number(fs.readFileSync(`${queue}/optimal_io_size`, 'utf8'))).toBe(chunkBytes * legs);
 
-    const limit = mode === 'auto' ? `--size=${size}` : '--size=64M';
-    let job = fioJob(sh(`fio --name=rand --filename=${dev.blockDevice} ${FIO} --rw=randwrite --bsrange=4k-1M --iodepth=64 ${limit}`));
+    let job = fioJob(sh(`fio --name=rand --filename=${dev.blockDevice} ${FIO} --rw=randwrite --bsrange=4k-1M --iodepth=64 --size=64M`));
     expect(job.error).toBe(0);
     expect(job.read.io_bytes).toBeGreaterThan(0);
     // 1 MiB requests starting 4 KiB into a chunk: each straddles 1 MiB / chunk + 1 chunks (the block layer
@@ -89,7 +88,8 @@ describe.each([
     expect(assemble(files, chunkBytes, size).equals(want)).toBe(true);
   });
 
-  it('carries ext4: files survive umount, del, re-add and mount', () => {
+  // One layout carries a filesystem; the others' data is proven by fio and the layout check above.
+  if (ext4) it('carries ext4: files survive umount, del, re-add and mount', () => {
     const dir = scratch(`stripe-fs-${legs}-${chunk}-${mode}`);
     const files = Array.from({ length: legs }, (_, i) => path.join(dir, `leg${i}.img`));
     sh(files.map((f) => `truncate -s 64M ${f}`).join(' && '));

@@ -194,9 +194,9 @@ describe('overlay (a TypeScript target): copy-on-write over a read-only base', (
     const dir = scratch('overlay');
     const base = path.join(dir, 'base.img');
     // A golden image: ext4 with files, made through the file target.
-    const golden = cliJson<AddedDevice>('add', '--target', 'file', '--file', base, '--size', '128M', '--queues', '1');
+    const golden = cliJson<AddedDevice>('add', '--target', 'file', '--file', base, '--size', '64M', '--queues', '1');
     sh(`mkfs.ext4 -q -F ${golden.blockDevice} && mkdir -p ${MNT} && mount ${golden.blockDevice} ${MNT}`);
-    sh(`head -c 6M /dev/urandom > ${MNT}/old && sha256sum < ${MNT}/old > ${dir}/old.sum && umount ${MNT}`);
+    sh(`head -c 4M /dev/urandom > ${MNT}/old && sha256sum < ${MNT}/old > ${dir}/old.sum && umount ${MNT}`);
     expect(cli('del', '-n', String(golden.id)).status).toBe(0);
     const baseSum = sh(`sha256sum < ${base}`);
     const ov = path.join(dir, 'ov.img');
@@ -206,7 +206,7 @@ describe('overlay (a TypeScript target): copy-on-write over a read-only base', (
     // Reads of chunks never written are routed to the base on the lease: every one is a leased request.
     await sleep(1500);
     const before = readStats(dev.id)!;
-    sh(`dd if=${dev.blockDevice} of=/dev/null bs=64k skip=1024 count=256 iflag=direct status=none`);
+    sh(`dd if=${dev.blockDevice} of=/dev/null bs=64k skip=512 count=256 iflag=direct status=none`);
     await sleep(2500);
     const after = readStats(dev.id)!;
     expect(after.requests - before.requests).toBeGreaterThanOrEqual(256);
@@ -226,7 +226,7 @@ describe('overlay (a TypeScript target): copy-on-write over a read-only base', (
     fs.rmSync(`${ov}.map`);
     dev = add();
     sh(`fio --name=v --filename=${dev.blockDevice} --ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-256k ` +
-      `--iodepth=64 --size=64M ${FIO_VERIFY} --output-format=terse`);
+      `--iodepth=64 --size=32M ${FIO_VERIFY} --output-format=terse`);
     expect(cli('del', '-n', String(dev.id)).status).toBe(0);
     expect(sh(`sha256sum < ${base}`)).toBe(baseSum);
   });
