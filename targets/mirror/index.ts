@@ -26,11 +26,21 @@ function chunkShift(value: unknown, smallestLeg: number): number {
   return Math.log2(bytes);
 }
 
-function resyncRate(value: unknown): number {
-  if (value === undefined) return 0;
+/** --resync-rate, --resync-min-rate: bytes per second, or undefined if not given. */
+function mbPerSecond(name: string, value: unknown): number | undefined {
+  if (value === undefined) return undefined;
   const mb = Number(value);
-  if (!Number.isFinite(mb) || mb <= 0) throw new UserError(`--resync-rate must be a number of MB/s above 0, not "${String(value)}"`);
+  if (!Number.isFinite(mb) || mb <= 0) throw new UserError(`--${name} must be a number of MB/s above 0, not "${String(value)}"`);
   return Math.round(mb * 1e6);
+}
+
+/** The resync's cap and its floor under user IO (the native side's default floor, if not given). */
+function resyncRates(opts: Record<string, unknown>): Record<string, number> {
+  const max = mbPerSecond('resync-rate', opts['resync-rate']);
+  const min = mbPerSecond('resync-min-rate', opts['resync-min-rate']);
+  if (min !== undefined && max !== undefined && min > max)
+    throw new UserError(`--resync-min-rate ${String(opts['resync-min-rate'])} is above --resync-rate ${String(opts['resync-rate'])}: the floor under user IO cannot exceed the cap`);
+  return { 'resync-rate': max ?? 0, ...(min === undefined ? {} : { 'resync-min-rate': min }) };
 }
 
 function legNumber(a: Record<string, unknown>): number {
@@ -104,7 +114,7 @@ function describeStatus(info: Record<string, unknown>): string {
   const lines = [`mirror ${String(info.mirror)}, legs ${String(info.legs)}`];
   for (const [k, v] of Object.entries(info)) if (/^leg\d+$/.test(k)) lines.push(`  ${k}: ${String(v)}`);
   const resync = resyncProgress(info, true);
-  if (resync) lines.push(`  ${resync}`);
+  if (resync) lines.push(`  ${resync}${info.resyncYielding === true ? ', yielding to user IO' : ''}`);
   if (info.check === 'running' || info.check === 'done')
     lines.push(`  check ${String(info.check)} ${String(info.checkPercent)}%: ${String(info.mismatched)} bytes mismatched${info.mismatchRanges ? ` (${String(info.mismatchRanges)})` : ''}, ${String(info.repaired)} rewritten`);
   if (info.syncNote) lines.push(`  last: ${String(info.syncNote)}`);
@@ -158,9 +168,11 @@ const spec: TargetSpec = {
     'bitmap-chunk': { type: 'string', describe: 'a new mirror: bytes per bitmap bit, 64k..64M (default 64k, more for large legs)' },
     'assume-clean': { type: 'boolean', describe: 'a new mirror: the legs already hold the same bytes (no initial resync)' },
     'resync-rate': { type: 'number', describe: 'resync at most this many MB/s (default: as fast as the legs go)' },
+    'resync-min-rate': { type: 'number', describe: 'while user IO is active, resync at this many MB/s (default 4, at most --resync-rate)' },
     'claim-legs': { type: 'boolean', describe: 'a new mirror may write its metadata over bytes at the end of its legs' },
   },
   async open(opts) {
+    const rates = resyncRates(opts);
     const legs = await openLegs('mirror', opts, 1);
     try {
       const params = legParams(legs);
@@ -170,7 +182,7 @@ const spec: TargetSpec = {
         'bitmap-chunk-shift': chunkShift(opts['bitmap-chunk'], Math.min(...legs.map((l) => l.opened.size))),
         'assume-clean': opts['assume-clean'] === true ? 1 : 0,
         'claim-legs': opts['claim-legs'] === true ? 1 : 0,
-        'resync-rate': resyncRate(opts['resync-rate']),
+        ...rates,
       };
       return {
         // The native side settles it from the legs' metadata: see afterStart.

@@ -21,6 +21,9 @@
 #include "../../native/discard.h"
 #include "mirror.h"
 
+/* --resync-min-rate's default, bytes per second (README.md says why); never above --resync-rate. */
+#define DEFAULT_MIN_RATE 4000000
+
 /* Per queue (no sharing between queue threads): where the next read goes, each tag's block discards,
  * and whether a tag's request counts as a write in flight on its chunks. */
 struct mirror_q {
@@ -46,6 +49,9 @@ static int mirror_init(struct target *t)
 	t->cfg.fds.resize(MAX_LEGS, -1);
 	m->block_discard = block_discard_files(t);
 	m->rate = (uint64_t)t->cfg.num("resync-rate", 0);
+	m->min_rate = (uint64_t)t->cfg.num("resync-min-rate", DEFAULT_MIN_RATE);
+	m->started.reset(new queue_count[t->nr_queues]);
+	m->nr_queues = t->nr_queues;
 	int ret = posix_memalign(&m->meta_buf, 4096, 4096) ? -ENOMEM : mirror_bitmap_init(m, t->nr_queues);
 	if (ret == 0)
 		ret = mirror_assemble(t, m);
@@ -209,6 +215,8 @@ static int mirror_queue_io(struct tq *tq, struct request *req)
 {
 	auto *m = static_cast<struct mirror *>(tq->t->priv);
 	auto *mq = static_cast<struct mirror_q *>(tq->priv);
+	std::atomic<uint64_t> &started = m->started[tq->q_id].n;
+	started.store(started.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 	switch (req->op) {
 	case UBLK_IO_OP_READ: {
 		unsigned i = leg_from(m->readable.load(), mq->next_read);
@@ -336,7 +344,7 @@ static std::string mirror_command_op(struct target *t, const std::string &cmd)
 	return mirror_command(static_cast<struct mirror *>(t->priv), cmd);
 }
 
-static const char *const mirror_options[] = {"block-discard", "lbs", "bitmap-chunk-shift", "assume-clean", "claim-legs", "resync-rate", nullptr};
+static const char *const mirror_options[] = {"block-discard", "lbs", "bitmap-chunk-shift", "assume-clean", "claim-legs", "resync-rate", "resync-min-rate", nullptr};
 
 static const struct target_ops mirror_target_ops = {
 	.name = "mirror",

@@ -70,6 +70,37 @@ struct scrub {
 	unsigned nr_ranges = 0;
 };
 
+/* A queue's count of the requests it started, written only by that queue (a load and a store, no
+ * read-modify-write on the hot path); on a line of its own, so queues do not share one. */
+struct alignas(64) queue_count {
+	std::atomic<uint64_t> n{0};
+};
+
+/* How long after the queues last started a request the resync still counts user IO as active. */
+#define YIELD_NS 500000000ull
+
+/* The resync's view of user IO: the queues' request counts, summed between chunks. */
+struct user_io_watch {
+	uint64_t seen = 0;     /* the sum at the last look */
+	uint64_t moved_ns = 0; /* when it last moved; 0: never */
+	/* Whether user IO is active: the sum moved within YIELD_NS of now. */
+	bool active(uint64_t sum, uint64_t now)
+	{
+		if (sum != seen) {
+			seen = sum;
+			moved_ns = now;
+		}
+		return moved_ns && now - moved_ns < YIELD_NS;
+	}
+};
+
+/* The resync's rate in bytes per second while user IO is active (md's speed_limit_min): min_rate, but
+ * never above the cap `rate` (md's speed_limit_max; 0: none). */
+static inline uint64_t resync_floor(uint64_t rate, uint64_t min_rate)
+{
+	return rate && rate < min_rate ? rate : min_rate;
+}
+
 struct mirror {
 	std::atomic<unsigned> n;            /* slots in use; grows with add-leg */
 	std::atomic<uint32_t> block_discard; /* bit i: leg i discards with a block discard */
@@ -100,6 +131,10 @@ struct mirror {
 	std::condition_variable wake;
 	bool stop = false;
 	uint64_t rate = 0;                  /* resync bytes per second; 0: as fast as the legs go */
+	uint64_t min_rate = 0;              /* resync bytes per second while user IO is active (> 0) */
+	std::unique_ptr<struct queue_count[]> started; /* one per queue */
+	unsigned nr_queues = 0;
+	std::atomic<bool> resync_yielding{false}; /* the resync is at min_rate for user IO */
 	std::atomic<uint64_t> resync_copied{0}, resync_total{0}, resync_done{0};
 	std::atomic<uint64_t> resync_started_ns{0};
 	std::mutex note_lock;               /* never held across IO: status() takes it on the JavaScript thread */

@@ -154,8 +154,29 @@ static void finish_legs(struct mirror *m, uint32_t legs)
 	note(m, "resync of leg " + done + " ended");
 }
 
+/* The resync's rate now, from whether user IO is active (shown by status()). */
+static uint64_t rate_now(struct mirror *m, struct user_io_watch *watch, uint64_t now)
+{
+	uint64_t sum = 0;
+	for (unsigned q = 0; q < m->nr_queues; q++)
+		sum += m->started[q].n.load(std::memory_order_relaxed);
+	uint64_t low = resync_floor(m->rate, m->min_rate);
+	bool yielding = watch->active(sum, now) && low != m->rate;
+	m->resync_yielding.store(yielding, std::memory_order_relaxed);
+	return yielding ? low : m->rate;
+}
+
+/* Waits until `copied` bytes are due at `rate` bytes per second since t0; true if the thread is to stop
+ * (a stop does not wait for the rate). */
+static bool pace(struct mirror *m, uint64_t t0, uint64_t copied, uint64_t rate)
+{
+	uint64_t due = t0 + (uint64_t)((double)copied * 1e9 / (double)rate), t = now_ns();
+	std::unique_lock<std::mutex> lk(m->thread_lock);
+	return due > t && m->wake.wait_for(lk, std::chrono::nanoseconds(due - t), [m] { return m->stop; });
+}
+
 /* Up to CHUNKS_PER_STEP chunks of the resync; false when there is none to do. */
-static bool resync_step(struct mirror *m, struct bufs &b)
+static bool resync_step(struct mirror *m, struct bufs &b, struct user_io_watch *watch)
 {
 	uint32_t legs = resyncing(m);
 	if (!legs)
@@ -164,7 +185,7 @@ static bool resync_step(struct mirror *m, struct bufs &b)
 	for (unsigned i = 0; i < m->n; i++)
 		if (legs & (1u << i))
 			cursor = std::min(cursor, m->legs[i].pos.load());
-	uint64_t t0 = now_ns(), copied = 0;
+	uint64_t t0 = now_ns(), copied = 0, rate = rate_now(m, watch, t0);
 	for (unsigned k = 0; k < CHUNKS_PER_STEP && cursor < m->nr_chunks; k++, cursor++) {
 		uint32_t at = 0, need = 0;
 		bool dirty = m->chunks[cursor].load() & CHUNK_SET;
@@ -188,14 +209,17 @@ static bool resync_step(struct mirror *m, struct bufs &b)
 		for (unsigned i = 0; i < m->n; i++)
 			if (at & (1u << i))
 				m->legs[i].pos = cursor + 1;
-		if (need && m->rate) {
-			/* --resync-rate: no faster than rate bytes per second, on average over the step */
-			uint64_t due = t0 + (uint64_t)((double)copied * 1e9 / (double)m->rate), t = now_ns();
-			/* A stop does not wait for the rate. */
-			std::unique_lock<std::mutex> lk(m->thread_lock);
-			if (due > t && m->wake.wait_for(lk, std::chrono::nanoseconds(due - t), [m] { return m->stop; }))
-				return true;
+		if (!need)
+			continue;
+		/* Between chunks: user IO that started (or ended) changes the rate, paced anew from here. */
+		uint64_t t = now_ns(), r = rate_now(m, watch, t);
+		if (r != rate) {
+			rate = r;
+			t0 = t;
+			copied = 0;
 		}
+		if (rate && pace(m, t0, copied, rate))
+			return true;
 	}
 	if (cursor >= m->nr_chunks)
 		finish_legs(m, legs);
@@ -352,6 +376,7 @@ static void checkpoint(struct mirror *m, uint64_t *last)
 static void sync_main(struct mirror *m)
 {
 	struct bufs b;
+	struct user_io_watch watch;
 	uint64_t last_ckpt = now_ns(), last_sweep = last_ckpt, ckpt_sum = 0;
 	bool was_resyncing = false;
 	std::unique_lock<std::mutex> lk(m->thread_lock);
@@ -364,7 +389,7 @@ static void sync_main(struct mirror *m)
 			note(m, "resync started");
 		}
 		was_resyncing = pending;
-		bool resync = pending && b.ok() && resync_step(m, b);
+		bool resync = pending && b.ok() && resync_step(m, b, &watch);
 		bool busy = resync || (b.ok() && scrub_step(m, b));
 		uint64_t t = now_ns();
 		if (t - last_ckpt >= CHECKPOINT_NS) {

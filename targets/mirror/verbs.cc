@@ -170,6 +170,7 @@ std::string mirror_status_json(struct mirror *m)
 		snprintf(num, sizeof(num), ",\"resync\":%.1f,\"resyncRate\":%.0f,\"resyncEta\":%.0f", done * 100, rate,
 			 done > 0 ? secs * (1 - done) / done : -1);
 		out += num;
+		out += std::string(",\"resyncYielding\":") + (m->resync_yielding.load(std::memory_order_relaxed) ? "true" : "false");
 	}
 	const struct scrub *s = &m->scrub;
 	out += ",\"check\":\"" + std::string(s->running.load() ? "running" : s->pos.load() ? "done" : "never") + "\"";

@@ -10,6 +10,8 @@ import {
   cliJson,
   delAll,
   dmDevice,
+  failedInOneLine,
+  fioInBackground,
   fioJob,
   listed,
   nbdkit,
@@ -168,6 +170,44 @@ describe('resync', () => {
     expect(copied).toBeLessThan(size * 0.7);
     cliJson('del', '-n', String(dev.id));
     expect(same(a, b, size)).toBe('same');
+  });
+
+  it('yields to user IO: under fio it copies no faster than --resync-min-rate, after fio at full speed, and ends identical; a floor above the cap is refused', async () => {
+    const dir = scratch('resync-yield');
+    const [a, b, fresh] = ['a.img', 'b.img', 'new.img'].map((f) => path.join(dir, f));
+    sh(`truncate -s 32M ${a} ${b} ${fresh}`);
+    const refused = failedInOneLine(cli('add', '--target', 'mirror', '--leg', a, '--leg', b, '--resync-rate', '2', '--resync-min-rate', '4'));
+    expect(refused).toMatch(/--resync-min-rate 4 is above --resync-rate 2/);
+    expect(cliJson<unknown[]>('list')).toEqual([]);
+
+    const floor = 2e6;
+    const dev = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', a, '--leg', b, '--assume-clean', '--queues', '2', '--resync-min-rate', '2');
+    const id = String(dev.id);
+    const size = Number(info(dev.id).dataSize);
+    const reads = () => Number(fs.readFileSync(`/sys/block/ublkb${dev.id}/stat`, 'utf8').trim().split(/\s+/)[0]);
+    const before = reads();
+    const fio = fioInBackground(['--name=busy', `--filename=${dev.blockDevice}`, '--ioengine=io_uring', '--direct=1', '--rw=randread', '--bs=4k', '--iodepth=4', '--time_based', '--runtime=10']);
+    await waitFor('fio reading', () => reads() > before + 100, 30_000);
+
+    // A whole resync (32 MiB) while fio reads: the cap holds from the replace on, with two chunks of slack.
+    const t0 = Date.now();
+    expect(verb('replace', '-n', id, '--leg', '2', '--with', fresh).message).toBe("leg 3 is resyncing; it takes leg 2's place once in sync");
+    const during = info(dev.id);
+    const t1 = Date.now();
+    expect(during).toMatchObject({ legs: 'in-sync,in-sync,resyncing', resyncYielding: true });
+    const copied = Number(during.resyncCopied);
+    expect(copied).toBeGreaterThan(0); // a floor, never a stop
+    expect(copied).toBeLessThanOrEqual((floor * (t1 - t0)) / 1000 + 2 * 65536);
+
+    // fio ends: the rest goes at full speed, sooner than the floor alone could have copied it.
+    expect(await fio.exit).toBe(0);
+    await legsAre(dev.id, 'in-sync,in-sync');
+    const took = Date.now() - t1;
+    console.log(`resync under fio: ${copied} bytes in ${t1 - t0} ms; the remaining ${size - copied} in ${took} ms after`);
+    expect(took).toBeLessThan(((size - copied) / floor) * 1000);
+    expect(info(dev.id)).toMatchObject({ file: `${a},${fresh}`, resyncCopied: size });
+    cliJson('del', '-n', id);
+    expect(same(a, fresh, size)).toBe('same');
   });
 });
 

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "../../targets/mirror/mirror.h"
 
 enum { R = UBLK_IO_OP_READ, W = UBLK_IO_OP_WRITE, FLUSH = UBLK_IO_OP_FLUSH, DISCARD = UBLK_IO_OP_DISCARD };
 static const off_t LEG_BYTES = 1 << 20;
@@ -509,4 +510,45 @@ TEST(fault_over_mirror_keeps_the_mirrors_own_queue_state_and_fails_only_its_rang
 	CHECK_EQ(h.count(UD_MEMBER, 1), 0);
 	CHECK_EQ(h.result(1), -EIO);
 	CHECK_CONTAINS(h.status(), "\"legs\":\"in-sync,in-sync\""); /* the wrapped target's status */
+}
+
+/* ---- mirror: the resync yields to user IO ---- */
+
+TEST(mirror_resync_counts_user_io_active_until_the_queues_count_stood_still_for_yield_ns)
+{
+	struct user_io_watch w;
+	CHECK(!w.active(0, 1)); /* no request yet */
+	CHECK(w.active(3, 1000));
+	CHECK(w.active(3, 1000 + YIELD_NS - 1));
+	CHECK(!w.active(3, 1000 + YIELD_NS));
+	CHECK(w.active(4, 2 * YIELD_NS)); /* one more request */
+}
+
+TEST(mirror_resync_floor_is_the_min_rate_never_above_the_cap)
+{
+	CHECK_EQ(resync_floor(0, 4000000), 4000000);       /* no cap */
+	CHECK_EQ(resync_floor(100000000, 4000000), 4000000);
+	CHECK_EQ(resync_floor(1000000, 4000000), 1000000); /* a cap below the default floor */
+}
+
+TEST(mirror_a_resync_that_saw_user_io_goes_at_the_floor_and_says_so)
+{
+	int fd = memory_leg();
+	{
+		/* A floor of 1 byte/s: once it has seen user IO, the resync waits (until the stop) after one chunk;
+		 * with none, it would copy all 16 chunks at once. */
+		legs_rig h("mirror", 2, {{"resync-min-rate", 1}});
+		h.request(0, R, 0, 4096);
+		h.answer_members(0);
+		CHECK_EQ(h.result(0), 4096);
+		CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "add-leg " + std::to_string(fd) + " 0"), "\"ok\":true");
+		for (int i = 0; i < 1000 && h.status().find("\"resyncCopied\":0,") != std::string::npos; i++)
+			usleep(1000);
+		usleep(100000);
+		std::string s = h.status();
+		CHECK_CONTAINS(s, "\"legs\":\"in-sync,in-sync,resyncing\"");
+		CHECK_CONTAINS(s, "\"resyncCopied\":65536,");
+		CHECK_CONTAINS(s, "\"resyncYielding\":true");
+	}
+	close(fd);
 }
