@@ -117,6 +117,12 @@ void device_handover(struct device *d)
 		queue_request_handover(qu.get());
 }
 
+void device_prepare_handover(struct device *d)
+{
+	for (auto &qu : d->queues)
+		queue_prepare_handover(qu.get());
+}
+
 std::string device_errors(struct device *d)
 {
 	std::string err;

@@ -40,6 +40,8 @@ std::string device_wait(struct device *d);
 void device_drain(struct device *d);
 /* Asks every queue to hand the device over to a next server (queue_request_handover). Never blocks. */
 void device_handover(struct device *d);
+/* Tells every queue a handover is coming (queue_prepare_handover), ahead of QUIESCE_DEV. Never blocks. */
+void device_prepare_handover(struct device *d);
 /* Waits for every queue thread to end (after STOP_DEV aborted its tags, or a forced stop). */
 void device_join(struct device *d);
 /* Asks queue threads to end now even if the kernel never aborts their tags. */

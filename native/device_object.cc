@@ -19,6 +19,7 @@ class Device : public Napi::ObjectWrap<Device> {
 				   {InstanceMethod("open", &Device::Open), InstanceMethod("start", &Device::Start),
 				    InstanceMethod("wait", &Device::Wait),
 				    InstanceMethod("drain", &Device::Drain), InstanceMethod("handover", &Device::Handover),
+				    InstanceMethod("prepareHandover", &Device::PrepareHandover),
 				    InstanceMethod("join", &Device::Join),
 				    InstanceMethod("forceStop", &Device::ForceStop), InstanceMethod("close", &Device::Close),
 				    InstanceMethod("status", &Device::Status), InstanceMethod("stats", &Device::Stats),
@@ -214,6 +215,11 @@ class Device : public Napi::ObjectWrap<Device> {
 	Napi::Value Handover(const Napi::CallbackInfo &info)
 	{
 		device_handover(&dev_);
+		return info.Env().Undefined();
+	}
+	Napi::Value PrepareHandover(const Napi::CallbackInfo &info)
+	{
+		device_prepare_handover(&dev_);
 		return info.Env().Undefined();
 	}
 	/* The target's live state (JSON text), or "" if it has none or the device is not serving. */

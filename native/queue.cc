@@ -106,8 +106,14 @@ void queue_request_drain(struct queue *q)
 	(void)!write(q->wake_fd, &one, sizeof(one));
 }
 
+void queue_prepare_handover(struct queue *q)
+{
+	q->leaving = true;
+}
+
 void queue_request_handover(struct queue *q)
 {
+	q->leaving = true;
 	q->handover = true;
 	uint64_t one = 1;
 	(void)!write(q->wake_fd, &one, sizeof(one));
@@ -463,6 +469,13 @@ static void teardown(struct queue *q)
 	q->ios.clear();
 }
 
+/* Handing over with no request left: the target's own last work (queue_settle) ends before the queue. */
+static bool settling(struct queue *q)
+{
+	const struct target_ops *ops = q->dev->tgt.ops;
+	return q->leaving.load() && ops->queue_settle && ops->queue_settle(&q->tq);
+}
+
 /* After the first submit: a FETCH the kernel refused has already posted its CQE. Seeing it here turns
  * into a failed add at once, instead of a START_DEV that waits for that tag forever. */
 static int check_fetches(struct queue *q)
@@ -508,9 +521,9 @@ void queue_run(struct queue *q, const std::function<void()> &ready)
 		return;
 	}
 
-	/* Serve until every tag has been aborted (handing over: until nothing started is left) and no
-	 * request is left half-served. */
-	while (!q->force_stop.load() && ((!q->handover.load() && q->nr_dead < q->dev->depth) || q->nr_serving > 0)) {
+	/* Serve until every tag has been aborted (handing over: until nothing started is left and the
+	 * target has settled) and no request is left half-served. */
+	while (!q->force_stop.load() && ((!q->handover.load() && q->nr_dead < q->dev->depth) || q->nr_serving > 0 || settling(q))) {
 		ret = io_uring_submit_and_wait(&q->ring, 1);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
 			queue_fail(&q->tq, std::string("io_uring_enter: ") + strerror(-ret));

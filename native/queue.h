@@ -103,6 +103,7 @@ struct queue {
 	std::atomic<bool> stop_requested;
 	std::atomic<bool> force_stop;
 	std::atomic<bool> handover; /* a new server takes over: finish what is started, leave the rest */
+	std::atomic<bool> leaving;  /* a handover is coming: the target settles before the queue ends */
 
 	std::mutex remote_lock;
 	/* Completions handed over from other threads: bounded (one per tag); the queue thread swaps the
@@ -124,6 +125,9 @@ void queue_request_drain(struct queue *q);
  * served to the end; any that arrive later are left uncommitted, for the kernel to re-issue to the
  * next server (USER_RECOVERY_REISSUE); the queue ends once it holds none. The device is not stopped. */
 void queue_request_handover(struct queue *q);
+/* From any thread, before QUIESCE_DEV ends the queue (the kernel aborts its idle commands): the device is
+ * about to be handed over, so however the queue ends, its target settles first (queue_settle). */
+void queue_prepare_handover(struct queue *q);
 std::string queue_error(struct queue *q);
 
 /* SQE helpers shared by the queue loop and the lease. */

@@ -195,6 +195,11 @@ struct target_ops {
 	/* Optional: the queue handled a batch of completions and is about to wait; a target that gathers
 	 * work into batches (for the host's JavaScript) sends it now. */
 	void (*queue_idle)(struct tq *tq) = nullptr;
+	/* Optional: the device is being handed over to a next server (upgrade) and this queue holds no request
+	 * any more. Start what must end before the next server takes over (a flush of writes the backend
+	 * acknowledged to this queue only) and return true until it has ended. Asked again after every batch
+	 * of completions: while it returns true, it keeps a ring operation of its own in flight. */
+	bool (*queue_settle)(struct tq *tq) = nullptr;
 	/* Queue-wide ring operations of its own the target keeps in flight at most (sizes the CQ). */
 	unsigned queue_ops = 0;
 	/* Optional: the target's live state as the text of a JSON object (its legs' health), shown by `list`

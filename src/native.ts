@@ -101,6 +101,9 @@ export interface NativeDevice {
   /** Hand the device over to a next server (upgrade): what is started is served to the end, what arrives
    * later is left to the kernel to re-issue; the queues then end without stopping the device. Never blocks. */
   handover(): void;
+  /** A handover is coming (ahead of QUIESCE_DEV, which ends the queues): each queue's target settles before
+   * its queue ends (an nbd connection flushes what it acknowledged). Never blocks. */
+  prepareHandover(): void;
   /** Resolves when every queue thread has ended; rejects with the queues' errors. */
   join(): Promise<void>;
   forceStop(): void;

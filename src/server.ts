@@ -259,6 +259,7 @@ export class Server {
     this.stopping = (async () => {
       clearInterval(this.watch);
       this.closeControl?.();
+      this.dev.prepareHandover();
       const info = await addon.getDevInfo(id);
       if ((info.flags & addon.abi.flags.QUIESCE) !== 0n) {
         // A failed QUIESCE_DEV (a queue without an idle command in time) still hands over: what this

@@ -202,6 +202,11 @@ static void fault_queue_idle(struct tq *tq)
 		inner_ops(tq)->queue_idle(inner_tq(tq));
 }
 
+static bool fault_queue_settle(struct tq *tq)
+{
+	return inner_ops(tq)->queue_settle && inner_ops(tq)->queue_settle(inner_tq(tq));
+}
+
 static std::string fault_status(const struct target *t)
 {
 	const struct target *inner = &static_cast<const struct fault *>(t->priv)->inner;
@@ -246,6 +251,7 @@ static const struct target_ops fault_target_ops = {
 	.on_cqe = fault_on_cqe,
 	.on_remote = fault_on_remote,
 	.queue_idle = fault_queue_idle,
+	.queue_settle = fault_queue_settle,
 	.queue_ops = FAULT_INNER_QUEUE_OPS,
 	.status = fault_status,
 	.command = fault_command,

@@ -80,7 +80,7 @@ int nbd_choose_send(struct nbd *n, const std::string &want, std::string *why)
 	return 0;
 }
 
-static void set_error(struct nbd *n, const std::string &why)
+void nbd_set_error(struct nbd *n, const std::string &why)
 {
 	std::lock_guard<std::mutex> g(n->mu);
 	n->last_error = why;
@@ -231,7 +231,7 @@ void nbd_conn_lost(struct tq *tq, struct nbd_q *nq, const std::string &why)
 	if (c->state.load() != CONN_UP)
 		return;
 	struct nbd *n = nq->n;
-	set_error(n, "queue " + std::to_string(tq->q_id) + ": " + why);
+	nbd_set_error(n, "queue " + std::to_string(tq->q_id) + ": " + why);
 	shutdown(c->fd, SHUT_RDWR);
 	if (nq->last_ack > n->flushed.load() && (n->ei.flags & NBD_FLAG_SEND_FLUSH)) {
 		n->losses++; /* the next FLUSH fails: see durable() */
@@ -274,7 +274,7 @@ void nbd_on_installed(struct tq *tq, struct nbd_q *nq, int res)
 	nq->pending_fd = -1;
 	if (res < 1) {
 		close(fd);
-		set_error(nq->n, std::string("replacing the socket in the ring: ") + strerror(res < 0 ? -res : EIO));
+		nbd_set_error(nq->n, std::string("replacing the socket in the ring: ") + strerror(res < 0 ? -res : EIO));
 		nq->c->state = CONN_DEAD;
 		nbd_fail_all(tq, nq, -EIO);
 		return;

@@ -142,6 +142,7 @@ static const struct target_ops nbd_target_ops = {
 	.on_release = nbd_on_release,
 	.on_cqe = nbd_on_cqe,
 	.queue_idle = nbd_queue_idle,
+	.queue_settle = nbd_queue_settle,
 	.queue_ops = 4, /* the reply receive, the timer, the reconnect wake-up, the socket swap */
 	.status = nbd_status,
 	.options = nbd_options,

@@ -82,6 +82,9 @@ struct slot {
 	uint64_t mark; /* a FLUSH: nbd::acks when it went on the wire */
 };
 
+/* The FLUSH a queue sends before a handover (nbd_queue_settle). */
+enum settle : uint8_t { SETTLE_NONE, SETTLE_SENT, SETTLE_DONE };
+
 /* Cookies of the queue's own ring operations (queue-wide, tq_sqe without a request). */
 enum { OP_RECV = 1, OP_TIMER, OP_EVENT, OP_FUPD };
 
@@ -104,6 +107,9 @@ struct nbd_q {
 	uint16_t salt;    /* the top 16 bits of every cookie on this queue (see on_reply) */
 	uint64_t last_ack; /* the number (nbd::acks) of the last write this connection acknowledged without FUA */
 	bool recv_armed, timer_armed, timer_multishot, ev_armed, fupd_busy, stopping;
+	uint8_t settle;                  /* enum settle */
+	struct nbd_request settle_req;   /* its header, sent from here */
+	int64_t settle_deadline;
 	int pending_fd; /* a reconnected socket waiting until nothing of the old one is in flight */
 	int fupd_fd;    /* read by IORING_OP_FILES_UPDATE */
 	uint64_t ev_val;
@@ -125,6 +131,8 @@ int nbd_connect(struct nbd *n, int64_t queues, std::string *why);
 void nbd_free(struct nbd *n);
 /* On the queue's thread. */
 void nbd_conn_lost(struct tq *tq, struct nbd_q *nq, const std::string &why);
+/* What `list` shows as the target's last error. */
+void nbd_set_error(struct nbd *n, const std::string &why);
 void nbd_try_install(struct tq *tq, struct nbd_q *nq);
 void nbd_on_installed(struct tq *tq, struct nbd_q *nq, int res);
 void nbd_on_event(struct tq *tq, struct nbd_q *nq, int res);
@@ -144,5 +152,6 @@ enum member_fold nbd_on_member(struct tq *tq, struct request *req, unsigned idx,
 void nbd_on_release(struct tq *tq, struct request *req);
 void nbd_on_cqe(struct tq *tq, struct request *, uint64_t cookie, const struct io_uring_cqe *cqe);
 void nbd_queue_idle(struct tq *tq);
+bool nbd_queue_settle(struct tq *tq);
 
 #endif

@@ -335,6 +335,46 @@ void nbd_resend(struct tq *tq, struct nbd_q *nq)
 	nbd_arm_recv(tq, nq);
 }
 
+/* The settle FLUSH's cookie: a tag no slot has (depths stop at 4096). */
+static uint64_t settle_cookie(const struct nbd_q *nq)
+{
+	return 0xffff | (uint64_t)nq->salt << 48;
+}
+
+static void settled(struct tq *tq, struct nbd_q *nq, const std::string &failure)
+{
+	nq->settle = SETTLE_DONE;
+	if (!failure.empty())
+		nbd_set_error(nq->n, "queue " + std::to_string(tq->q_id) + ": handing over: " + failure);
+}
+
+/* Handing over (upgrade): NBD's FLUSH covers only what its own connection completed, so the writes this
+ * connection acknowledged that no FLUSH covered yet are flushed on it before the next server's connections
+ * take over. A server that does not answer within --timeout is left to it (the last error says so). */
+bool nbd_queue_settle(struct tq *tq)
+{
+	struct nbd_q *nq = Q(tq);
+	struct nbd *n = nq->n;
+	bool up = !nq->stopping && nq->c->state.load() == CONN_UP;
+	if (nq->settle == SETTLE_SENT && !up)
+		settled(tq, nq, "the connection went before the FLUSH was answered");
+	if (nq->settle != SETTLE_NONE)
+		return nq->settle == SETTLE_SENT;
+	nq->settle = SETTLE_DONE;
+	if (!up || nq->wire || nq->last_ack <= n->flushed.load() || !(n->ei.flags & NBD_FLAG_SEND_FLUSH))
+		return false;
+	nq->settle_req = {htobe32(NBD_REQUEST_MAGIC), 0, htobe16(NBD_CMD_FLUSH), htobe64(settle_cookie(nq)), 0, 0};
+	/* Nothing else is on this wire any more: one small send, which never blocks. */
+	if (send(nq->c->fd, &nq->settle_req, sizeof(nq->settle_req), MSG_DONTWAIT | MSG_NOSIGNAL) != sizeof(nq->settle_req)) {
+		settled(tq, nq, std::string("the FLUSH could not be sent: ") + strerror(errno));
+		return false;
+	}
+	nq->settle = SETTLE_SENT;
+	nq->settle_deadline = now_ms() + n->srv.timeout_ms;
+	nbd_arm_recv(tq, nq);
+	return true;
+}
+
 static void on_reply(struct tq *tq, struct nbd_q *nq, int res)
 {
 	nq->recv_armed = false;
@@ -366,6 +406,11 @@ static void on_reply(struct tq *tq, struct nbd_q *nq, int res)
 		return;
 	}
 	uint64_t cookie = be64toh(nq->reply.cookie);
+	if (nq->settle == SETTLE_SENT && cookie == settle_cookie(nq)) {
+		uint32_t err = be32toh(nq->reply.error);
+		settled(tq, nq, err ? "the FLUSH failed: " + std::string(strerror(-nbd_errno(err))) : std::string());
+		return; /* nothing more comes on this connection */
+	}
 	uint16_t tag = cookie & 0xffff;
 	uint32_t gen = (uint32_t)(cookie >> 16);
 	struct slot *s = (cookie >> 48) == nq->salt && tag < nq->slots.size() ? &nq->slots[tag] : nullptr;
@@ -412,6 +457,8 @@ static void on_tick(struct tq *tq, struct nbd_q *nq, const struct io_uring_cqe *
 				if (s.phase != P_FREE && now >= s.deadline)
 					step(tq, nq, s, EV_FAIL, -EIO);
 	}
+	if (nq->settle == SETTLE_SENT && now_ms() >= nq->settle_deadline)
+		settled(tq, nq, "no reply to the FLUSH within --timeout " + std::to_string(nq->n->srv.timeout_ms / 1000) + " s");
 	arm_timer(tq, nq);
 	nbd_try_install(tq, nq);
 }

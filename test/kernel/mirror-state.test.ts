@@ -94,11 +94,11 @@ describe.each<Boundary>(['kill -9 + recover', '--restart', 'del + add', 'down + 
   });
 });
 
-/** Two 64 MiB file legs (1024 chunks of 64 KiB), the same from the start. */
+/** Two 32 MiB file legs (512 chunks of 64 KiB), the same from the start. */
 function twoLegs(name: string, ...extra: string[]) {
   const dir = scratch(name);
   const legs = [path.join(dir, 'a.img'), path.join(dir, 'b.img')];
-  sh(`truncate -s 64M ${legs.join(' ')}`);
+  sh(`truncate -s 32M ${legs.join(' ')}`);
   const dev = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', legs[0], '--leg', legs[1], '--assume-clean', '--queues', '2', ...extra);
   return { dir, legs, dev, size: Number(info(dev.id).dataSize) };
 }
@@ -111,22 +111,23 @@ describe('resync', () => {
     const id = String(dev.id);
     expect(verb('fail', '-n', id, '--leg', '2').message).toBe('leg 2 is failed');
     expect(verb('fail', '-n', id, '--leg', '2').message).toBe('leg 2 is failed'); // safe to repeat
-    // A 4k write into every 100th chunk: 11 of 1024.
-    sh(`for c in $(seq 0 100 1023); do dd if=/dev/urandom of=${dev.blockDevice} bs=4k count=1 seek=$((c * 16)) oflag=direct status=none; done`);
+    // A 4k write into every 100th chunk: 6 of 512.
+    sh(`for c in $(seq 0 100 511); do dd if=/dev/urandom of=${dev.blockDevice} bs=4k count=1 seek=$((c * 16)) oflag=direct status=none; done`);
     expect(verb('re-add', '-n', id, '--leg', '2').message).toMatch(/^leg 2 is (resyncing|in-sync)$/);
     await legsAre(dev.id, 'in-sync,in-sync');
-    expect(Number(info(dev.id).resyncCopied)).toBe(11 * 65536);
+    expect(Number(info(dev.id).resyncCopied)).toBe(6 * 65536);
     expect(fs.readFileSync(dev.log, 'utf8')).toMatch(/"syncNote":"resync of leg 2 ended"/);
     cliJson('del', '-n', id);
     expect(same(legs[0], legs[1], size)).toBe('same');
   });
 
   it('replace under fio verify (QD32, mixed sizes): never less redundant, zero errors, identical legs; add-leg makes three; kill -9 + recover serves the new legs', async () => {
-    const { dir, legs, dev, size } = twoLegs('replace', '--resync-rate', '4');
+    // 1 MB/s while fio runs (it yields to user IO), 4 MB/s after: still resyncing when fio is done.
+    const { dir, legs, dev, size } = twoLegs('replace', '--resync-rate', '4', '--resync-min-rate', '1');
     const id = String(dev.id);
-    sh(`head -c 32M /dev/urandom | dd of=${dev.blockDevice} bs=1M oflag=direct status=none`);
+    sh(`head -c 16M /dev/urandom | dd of=${dev.blockDevice} bs=1M oflag=direct status=none`);
     const [fresh, third] = [path.join(dir, 'new.img'), path.join(dir, 'third.img')];
-    sh(`truncate -s 64M ${fresh} ${third}`);
+    sh(`truncate -s 32M ${fresh} ${third}`);
     expect(verb('replace', '-n', id, '--leg', '2', '--with', fresh).message).toBe("leg 3 is resyncing; it takes leg 2's place once in sync");
     expect(info(dev.id).legs).toBe('in-sync,in-sync,resyncing'); // the old leg serves until the new one is in sync
     const fio = fioJob(sh(`fio --output-format=json --name=replace --filename=${dev.blockDevice} --ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-128k --iodepth=32 --size=16M --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0`));

@@ -144,6 +144,23 @@ describe('upgrade under fio verify (QD64, bssplit 4k-64k, 2 queues)', () => {
     servedBy(dev, u!);
     expect(listed(dev.id).info).toMatchObject({ state: 'connected' });
   }, 180_000);
+
+  it('nbd: a connection flushes the writes it acknowledged before the next server takes over', async () => {
+    const dir = scratch('up-nbd-flush');
+    const [sock, log] = [path.join(dir, 'nbd.sock'), path.join(dir, 'nbdkit.log')];
+    // One connection, which no other connection's FLUSH covers (no NBD_FLAG_CAN_MULTI_CONN); every request logged.
+    await nbdkit(sock, '--filter=log', '--filter=multi-conn', 'memory', '16M', 'multi-conn-mode=disable', `logfile=${log}`);
+    const dev = cliJson<AddedDevice>('add', '--target', 'nbd', '--socket', sock, '--queues', '1');
+    // Past the page cache, without FUA or fsync: acknowledged into the server's cache, not flushed.
+    sh(`dd if=/dev/urandom of=${dev.blockDevice} bs=64k count=4 oflag=direct status=none`);
+    const before = fs.readFileSync(log, 'utf8');
+    expect(before).toMatch(/ connection=1 Write /);
+    await upgradeChecked(dev, false);
+    const during = fs.readFileSync(log, 'utf8').slice(before.length);
+    const ops = [...during.matchAll(/ connection=1 (Write|Flush|Disconnect)\b/g)].map((m) => m[1]);
+    expect(ops).toEqual(['Flush', 'Disconnect']);
+    expect(during).toMatch(/ connection=2 Connect /); // the next server's
+  }, 60_000);
 });
 
 describe('what upgrade leaves alone', () => {

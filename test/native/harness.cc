@@ -182,6 +182,24 @@ int32_t harness::result(uint16_t tag)
 	return committed(tag) ? r : INT32_MIN;
 }
 
+void harness::post_aborts()
+{
+	for (auto it = k.pending.begin(); it != k.pending.end();) {
+		if (ud_kind_of(it->user_data) == UD_CMD) {
+			k.post(it->user_data, UBLK_IO_RES_ABORT);
+			it = k.pending.erase(it);
+		} else {
+			++it;
+		}
+	}
+}
+
+void harness::abort_parked()
+{
+	post_aborts();
+	k.run();
+}
+
 bool harness::stop()
 {
 	if (stopped || !th.joinable())
@@ -189,14 +207,7 @@ bool harness::stop()
 	stopped = true;
 	bool clean = true;
 	for (int round = 0; !k.queue_ended; round++) {
-		for (auto it = k.pending.begin(); it != k.pending.end();) {
-			if (ud_kind_of(it->user_data) == UD_CMD) {
-				k.post(it->user_data, UBLK_IO_RES_ABORT);
-				it = k.pending.erase(it);
-			} else {
-				++it;
-			}
-		}
+		post_aborts();
 		if (round > 0) {
 			/* Requests still half-served: end the loop as device_force_stop does. */
 			clean = false;

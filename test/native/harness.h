@@ -70,6 +70,11 @@ struct harness {
 	bool committed(uint16_t tag, int32_t *res = nullptr) const;
 	/* The committed result of tag's request (a failed check if none was committed). */
 	int32_t result(uint16_t tag);
+	/* Abort every parked command, as QUIESCE_DEV does, and let the queue run. */
+	void abort_parked();
 	/* Abort every parked command, as STOP_DEV does; true if queue_run then ended on its own. */
 	bool stop();
+
+private:
+	void post_aborts();
 };

@@ -417,3 +417,58 @@ TEST(nbd_a_flush_after_losing_unflushed_acknowledged_writes_fails_once_and_fua_w
 	CHECK_EQ(one(3, UBLK_IO_OP_FLUSH, 0, 0), 0);
 	CHECK_EQ(one(1, UBLK_IO_OP_WRITE, 4096, UBLK_IO_F_FUA), 4096);
 }
+
+/* An acknowledged write no FLUSH covered, then the handover: by QUIESCE_DEV (the kernel aborts the idle
+ * commands of a queue told a handover is coming) or without it (the queue told to hand over). */
+static void handover_flushes_first(bool quiesce)
+{
+	std::shared_ptr<std::string> wire;
+	{
+		nbd_rig r(NBD_FLAG_SEND_FLUSH);
+		wire = r.wire;
+		r.h.request(0, UBLK_IO_OP_WRITE, 0, 4096);
+		struct io_uring_sqe hdr = r.h.take(UD_MEMBER, 0, 0);
+		r.h.answer(hdr, hdr.len);
+		r.h.complete(UD_MEMBER, 0, 1, 4096);
+		uint64_t cookie = be64toh(nbd_rig::header(hdr).cookie);
+		r.reply(NBD_SIMPLE_REPLY_MAGIC, 0, htobe64(cookie));
+		CHECK_EQ(r.h.result(0), 4096); /* acknowledged into the server's cache, no FLUSH yet */
+		if (quiesce) {
+			queue_prepare_handover(&r.h.q);
+			r.h.abort_parked();
+		} else {
+			queue_request_handover(&r.h.q);
+			r.h.wake();
+		}
+		CHECK_EQ(r.h.count(UD_CANCEL), 0); /* the FLUSH is on the socket; the queue waits for its reply */
+		/* Its cookie is the queue's salt (the top 16 bits of every cookie) over a tag no slot has. */
+		r.reply(NBD_SIMPLE_REPLY_MAGIC, 0, htobe64(0xffff | (cookie & 0xffff000000000000ull)));
+		CHECK_EQ(r.h.count(UD_CANCEL), 1); /* out of its loop: teardown cancels what is left */
+	}
+	/* The write went out through the fake ring: the socket saw the FLUSH, then the disconnect. */
+	CHECK_EQ(wire->size(), 2 * sizeof(struct nbd_request));
+	CHECK_EQ(get_be(*wire, 6, 2), NBD_CMD_FLUSH);
+	CHECK_EQ(get_be(*wire, 28 + 6, 2), NBD_CMD_DISC);
+}
+
+TEST(nbd_a_handover_flushes_what_its_connection_acknowledged_before_letting_go)
+{
+	handover_flushes_first(false);
+}
+
+TEST(nbd_a_handover_by_quiesce_flushes_what_its_connection_acknowledged_before_letting_go)
+{
+	handover_flushes_first(true);
+}
+
+TEST(nbd_a_handover_with_nothing_unflushed_lets_go_at_once)
+{
+	nbd_rig r(NBD_FLAG_SEND_FLUSH);
+	r.h.request(0, UBLK_IO_OP_READ, 0, 4096);
+	struct io_uring_sqe hdr = r.h.take(UD_MEMBER, 0, 0);
+	r.h.answer(hdr, hdr.len);
+	r.read_done(0, nbd_rig::header(hdr).cookie, 4096);
+	queue_request_handover(&r.h.q);
+	r.h.wake();
+	CHECK_EQ(r.h.count(UD_CANCEL), 1); /* out of its loop at once */
+}
