@@ -34,6 +34,7 @@ void napi_part_register(napi_part add)
 static Napi::Object InitAddon(Napi::Env env, Napi::Object exports)
 {
 	pidfd_exports(env, exports);
+	lock_exports(env, exports);
 	control_exports(env, exports);
 	exports.Set("Device", device_class(env));
 	exports.Set("abi", abi_table(env));

@@ -14,6 +14,8 @@ struct device *device_of(const Napi::Value &v);
 Napi::Object abi_table(Napi::Env env);
 /* pidfd.cc: process handles for signalling. */
 void pidfd_exports(Napi::Env env, Napi::Object exports);
+/* lock.cc: an advisory lock that ends with its process. */
+void lock_exports(Napi::Env env, Napi::Object exports);
 
 /* A target's own N-API functions (targets/<name>/): each registers what it adds to the module at load
  * time, as a target registers its ops, and addon.cc adds them all. */

@@ -152,6 +152,8 @@ interface Addon {
   pidfdSignal(fd: number, signo: number): void;
   /** Whether the process the pidfd names has ended. */
   pidfdExited(fd: number): boolean;
+  /** An exclusive flock on fd without waiting: true if taken, false if another process holds it. */
+  flockTry(fd: number): boolean;
   Device: new (o: DeviceOptions) => NativeDevice;
   abi: Abi;
   /** Each native target's option keys (its ops table's .options): what its index.ts may pass. */

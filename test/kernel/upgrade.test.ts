@@ -227,11 +227,11 @@ describe('one process takes a device over at a time', () => {
     expect(gaps).toBe(0);
     expect(linked()).toBe(true);
 
-    // Another ublk-ts starting a server for it: its mark, held by a live process of that name.
-    const holder = inBackground('bash', ['-c', 'echo $$; exec -a ublk-ts-holder sleep 600']);
-    await waitFor('the holder to start', () => /^\d+/.test(holder.output()), 10_000);
+    // Another ublk-ts starting a server for it: its mark, locked by a live process that wrote its pid there.
+    const mark = path.join(stateDir(), `ublkb${id}.takeover`);
+    const holder = inBackground('bash', ['-c', `exec 9>>${mark} && flock -n 9 && echo $$ >&9 && echo $$ && exec -a ublk-ts-holder sleep 600`]);
+    await waitFor('the holder to lock the mark', () => /^\d+/.test(holder.output()), 10_000);
     const holderPid = Number(/^(\d+)/.exec(holder.output())![1]);
-    fs.writeFileSync(path.join(stateDir(), `ublkb${id}.takeover`), `${holderPid}\n`);
     const before = listed(id).pid;
     process.kill(before, 'SIGKILL');
     await waitFor('the device to wait for a server', () => stateOf(id) === 'quiesced', 30_000);
@@ -239,13 +239,13 @@ describe('one process takes a device over at a time', () => {
     expect(swept).toMatchObject({ action: 'left', why: expect.stringMatching(`ublk-ts pid ${holderPid} is starting a server for it now`) });
     expect(failedInOneLine(cli('recover', '-n', String(id)))).toMatch(`ublk-ts pid ${holderPid} is starting a server for it now`);
     expect(stateOf(id)).toBe('quiesced');
-    // The holder dies without a word: its mark is stale, the next recover takes it.
+    // The holder dies without a word: the kernel drops its lock, the next recover takes the mark.
     process.kill(holderPid, 'SIGKILL');
     await holder.exit;
     const back = cliJson<AddedDevice>('recover', '-n', String(id));
     expect(back.pid).not.toBe(before);
     expect(listed(id).state).toBe('live');
     expect(linked()).toBe(true);
-    expect(fs.existsSync(path.join(stateDir(), `ublkb${id}.takeover`))).toBe(false);
+    expect(fs.existsSync(mark)).toBe(false);
   }, 120_000);
 });
