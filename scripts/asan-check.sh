@@ -3,7 +3,7 @@
 # scratch tree, then in the VM serves fio verify in every data mode and the del-under-load path, the fault
 # target's held and copied requests, null's zero-filled reads, a block device's discards (file, mirror,
 # stripe), a mirror's resync, re-add and scrub, the bridge's
-# copies (memory, overlay), nbd's receives and its teardown under a slow server, and fails on any ASan
+# copies (memory, overlay), nbd's receives, its handover (upgrade) and its teardown under a slow server, and fails on any ASan
 # report in the servers' logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -122,10 +122,13 @@ nbdkit_pid=$!
 for i in $(seq 50); do [ -S /tmp/asan-nbd.sock ] && break; sleep 0.1; done
 id=$(add_id --target nbd --socket /tmp/asan-nbd.sock --queues 2)
 verify $id
+# A handover: each queue flushes what its connection acknowledged (queue_settle), then the next server serves.
+dd if=/dev/urandom of=/dev/ublkb$id bs=64k count=16 oflag=direct status=none
+ublk upgrade -n $id >/dev/null
 del_under_load $id randread
 kill $nbdkit_pid 2>/dev/null || true # nbdkit may have ended on the delete (its own assertion)
 wait $nbdkit_pid || true
-echo "asan-check: nbd served verify and a delete under read load"
+echo "asan-check: nbd served verify, was upgraded after unflushed writes, and deleted under read load"
 # nbd teardown: a delete while requests wait on a slow server, so replies arrive for requests the engine has
 # already ended (the target must not receive them into a buffer the tag's next request may own).
 # A fresh nbdkit per delete: nbdkit may end on one (its own assertion).
