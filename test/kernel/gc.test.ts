@@ -29,7 +29,7 @@ const leftovers = (id: number) => [`ublkb${id}.json`, `ublkb${id}.stats.json`, `
 const read4k = (id: number) => sh(`set -o pipefail; timeout 30 dd if=/dev/ublkb${id} bs=4k count=1 iflag=direct status=none | tr -d '\\0'`);
 
 describe('orphans', () => {
-  it('after kill -9 of 7 servers, list marks them and gc recovers or deletes each; a live device and kublk\'s are untouched', async () => {
+  it('after kill -9 of 10 servers, list marks them and gc recovers or deletes each; a live device and kublk\'s are untouched', async () => {
     expect(fs.existsSync(KUBLK), `${KUBLK} missing: run scripts/setup.sh (scripts/build-kublk.sh)`).toBe(true);
     // Another tool's devices: one served, one whose server died (with recovery: QUIESCED, waiting for kublk).
     const kLive = kublkAdd();
@@ -40,8 +40,8 @@ describe('orphans', () => {
 
     const dir = scratch('gc');
     const small = ['--queues', '1', '--depth', '16'];
-    const recoverable = cliJson<AddedDevice[]>('add', '--target', 'null', '--size', '16M', '--count', '2', ...small);
-    const doomed = cliJson<AddedDevice[]>('add', '--target', 'null', '--size', '16M', '--count', '2', '--no-recovery', ...small);
+    const recoverable = cliJson<AddedDevice[]>('add', '--target', 'null', '--size', '16M', '--count', '4', ...small);
+    const doomed = cliJson<AddedDevice[]>('add', '--target', 'null', '--size', '16M', '--count', '3', '--no-recovery', ...small);
     const file = (name: string, ...more: string[]) =>
       cliJson<AddedDevice>('add', '--target', 'file', '--file', path.join(dir, name), '--size', '16M', ...small, ...more);
     const files = [file('a.img'), file('b.img')];
@@ -49,8 +49,8 @@ describe('orphans', () => {
     recoverable.push(...files);
     doomed.push(doomedFile);
     const live = file('live.img');
-    expect(recoverable.map((d) => d.recovery)).toEqual([true, true, true, true]);
-    expect(doomed.map((d) => d.recovery)).toEqual([false, false, false]);
+    expect(recoverable.map((d) => d.recovery)).toEqual([true, true, true, true, true, true]);
+    expect(doomed.map((d) => d.recovery)).toEqual([false, false, false, false]);
     // What the file devices hold must be there after recovery: the same device, not a new one.
     for (const d of files) sh(`printf 'kept by ${d.id}' | dd of=${d.blockDevice} bs=4k conv=sync oflag=direct status=none`);
     // A record whose device is gone (a crash between a delete and its record's removal).
@@ -58,7 +58,7 @@ describe('orphans', () => {
 
     const killed = [...recoverable, ...doomed];
     killed.forEach((d) => process.kill(d.pid, 'SIGKILL'));
-    await waitFor('the 7 servers to end', () => killed.every((d) => !alive(d.pid)), 30_000);
+    await waitFor('the 10 servers to end', () => killed.every((d) => !alive(d.pid)), 30_000);
     const server = (id: number) => listEntry(id)?.server;
     await waitFor('list to mark the orphans', () => recoverable.every((d) => server(d.id) === 'quiesced') && doomed.every((d) => server(d.id) === 'dead'), 60_000);
     expect(server(live.id)).toBe('live');
