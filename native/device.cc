@@ -25,6 +25,8 @@ std::string device_open(struct device *d)
 		return "open " + path + ": " + strerror(errno);
 
 	ctx->tgt.nr_queues = ctx->nr_queues;
+	ctx->stats.reset(new queue_stats[ctx->nr_queues]());
+	ctx->tgt.stats = ctx->stats.get();
 	ctx->tgt.cfg.declared = ctx->tgt.ops->options;
 	int ret = ctx->tgt.ops->init(&ctx->tgt);
 	if (ret < 0) {
@@ -65,6 +67,7 @@ std::string device_start(struct device *d)
 		auto qu = std::make_unique<struct queue>();
 		qu->dev = ctx;
 		qu->q_id = q;
+		qu->stats = &ctx->stats[q];
 		qu->descs = static_cast<const struct ublksrv_io_desc *>(d->maps[q]);
 		qu->wake_fd = eventfd(0, EFD_CLOEXEC); /* owned by the device: closed in device_close */
 		if (qu->wake_fd < 0)

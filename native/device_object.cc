@@ -244,7 +244,7 @@ class Device : public Napi::ObjectWrap<Device> {
 	{
 		uint64_t sum[6] = {};
 		for (auto &q : dev_.queues) {
-			const struct queue_stats &st = q->stats;
+			const struct queue_stats &st = *q->stats;
 			const std::atomic<uint64_t> *c[6] = {&st.requests, &st.leased, &st.copied, &st.errors, &st.retries, &st.short_transfers};
 			for (int i = 0; i < 6; i++)
 				sum[i] += c[i]->load(std::memory_order_relaxed);

@@ -27,6 +27,14 @@ bool tq_draining(const struct tq *tq)
 	return tq->q->draining;
 }
 
+uint64_t target_requests(const struct target *t)
+{
+	uint64_t sum = 0;
+	for (unsigned i = 0; t->stats && i < t->nr_queues; i++)
+		sum += t->stats[i].requests.load(std::memory_order_relaxed);
+	return sum;
+}
+
 struct io_uring_sqe *tq_sqe(struct tq *tq, struct request *req, uint64_t cookie)
 {
 	struct queue *q = tq->q;

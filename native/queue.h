@@ -2,6 +2,7 @@
 #pragma once
 #include <atomic>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -11,6 +12,17 @@
 #include "uring_compat.h"
 
 enum data_mode { MODE_COPY, MODE_USER_COPY, MODE_LEASE, MODE_AUTO_LEASE };
+
+/* Counters for `stats`: written by the queue thread alone, read from JavaScript. Relaxed atomics with a
+ * plain load and store (bump), so the hot path pays no locked instruction. A line of their own per queue. */
+struct alignas(64) queue_stats {
+	std::atomic<uint64_t> requests, leased, copied, errors, retries, short_transfers;
+};
+
+static inline void bump(std::atomic<uint64_t> &c)
+{
+	c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
 
 /* What every queue of a device shares; owned by the device. */
 struct device_ctx {
@@ -22,6 +34,8 @@ struct device_ctx {
 	bool user_copy;   /* the device has USER_COPY: any request may be served through a copy */
 	int ublkc_fd;
 	struct target tgt;
+	/* One per queue, made before the target's init (which may start a thread that reads them). */
+	std::unique_ptr<struct queue_stats[]> stats;
 	/* Queue failures reach the device (and so JavaScript) through this; see device.cc. */
 	std::function<void()> on_queue_failed;
 };
@@ -68,20 +82,9 @@ struct stream {
 	bool busy;           /* the head member is in flight */
 };
 
-/* Counters for `stats`: written by the queue thread alone, read from JavaScript. Relaxed atomics with a
- * plain load and store (bump), so the hot path pays no locked instruction. */
-struct queue_stats {
-	std::atomic<uint64_t> requests, leased, copied, errors, retries, short_transfers;
-};
-
-static inline void bump(std::atomic<uint64_t> &c)
-{
-	c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-}
-
 struct queue {
 	struct tq tq; /* what the target sees */
-	struct queue_stats stats;
+	struct queue_stats *stats; /* the device's, for this queue */
 	struct device_ctx *dev;
 	uint16_t q_id;
 	const struct ublksrv_io_desc *descs;

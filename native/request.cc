@@ -284,11 +284,11 @@ static void finish(struct queue *q, struct io *io)
 		if (ret < 0)
 			result = ret;
 	}
-	bump(q->stats.requests);
+	bump(q->stats->requests);
 	if (result < 0)
-		bump(q->stats.errors);
+		bump(q->stats->errors);
 	else if (data && (req->nr_members > 0 || io->buf_used))
-		bump(copied(q, io) ? q->stats.copied : q->stats.leased);
+		bump(copied(q, io) ? q->stats->copied : q->stats->leased);
 	if (q->dev->tgt.ops->on_done)
 		q->dev->tgt.ops->on_done(&q->tq, req, result);
 	if (io->leased) {
@@ -429,7 +429,7 @@ void lease_on_member(struct queue *q, struct io *io, unsigned i, const struct io
 		ms->done += res;
 		if (more)
 			io->inflight++;
-		bump(q->stats.short_transfers);
+		bump(q->stats->short_transfers);
 		submit_member(q, io, i);
 		return;
 	}
@@ -446,7 +446,7 @@ void lease_on_member(struct queue *q, struct io *io, unsigned i, const struct io
 	else if (f == FOLD_RETRY && on_request_buf(m) && (uint64_t)m->buf_off + m->len > io->req.len)
 		fail(io, -EIO); /* moved outside the request: as issue() refuses it the first time */
 	else if (f == FOLD_RETRY) {
-		bump(q->stats.retries);
+		bump(q->stats->retries);
 		ms->done = 0;
 		if (more)
 			io->inflight++;

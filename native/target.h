@@ -26,6 +26,7 @@
 struct io_uring_sqe;
 struct io_uring_cqe;
 struct queue;
+struct queue_stats;
 
 /* A completion handed over from another thread (queue_complete_remote). */
 struct remote_completion {
@@ -122,6 +123,8 @@ struct target {
 	void *priv;
 	/* The device's queue count, set before init: a target may open a connection per queue. */
 	uint16_t nr_queues = 1;
+	/* The queues' counters (nr_queues), set by the engine before init: read them with target_requests. */
+	const struct queue_stats *stats = nullptr;
 	/* init's one-line reason for a failure; shown instead of strerror(-ret) when set. */
 	std::string error;
 };
@@ -252,6 +255,9 @@ struct io_uring_sqe *tq_sqe(struct tq *tq, struct request *req, uint64_t cookie)
 int tq_set_file(struct tq *tq, unsigned file, int fd);
 /* The queue is stopping or has failed: a request held now would be ended at once (on_release). */
 bool tq_draining(const struct tq *tq);
+/* From any thread: the requests the device's queues have taken so far (`stats` counts them), from which
+ * a target tells whether user IO is active. */
+uint64_t target_requests(const struct target *t);
 /* The queue cannot go on: every request it holds fails with EIO, new ones too, and the device stops. */
 void queue_fail(struct tq *tq, const std::string &why);
 /* From any thread: complete pending request c.tag (on the queue thread: the target's on_remote, or

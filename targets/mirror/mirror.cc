@@ -50,8 +50,7 @@ static int mirror_init(struct target *t)
 	m->block_discard = block_discard_files(t);
 	m->rate = (uint64_t)t->cfg.num("resync-rate", 0);
 	m->min_rate = (uint64_t)t->cfg.num("resync-min-rate", DEFAULT_MIN_RATE);
-	m->started.reset(new queue_count[t->nr_queues]);
-	m->nr_queues = t->nr_queues;
+	m->t = t;
 	int ret = posix_memalign(&m->meta_buf, 4096, 4096) ? -ENOMEM : mirror_bitmap_init(m, t->nr_queues);
 	if (ret == 0)
 		ret = mirror_assemble(t, m);
@@ -215,8 +214,6 @@ static int mirror_queue_io(struct tq *tq, struct request *req)
 {
 	auto *m = static_cast<struct mirror *>(tq->t->priv);
 	auto *mq = static_cast<struct mirror_q *>(tq->priv);
-	std::atomic<uint64_t> &started = m->started[tq->q_id].n;
-	started.store(started.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 	switch (req->op) {
 	case UBLK_IO_OP_READ: {
 		unsigned i = leg_from(m->readable.load(), mq->next_read);

@@ -70,16 +70,10 @@ struct scrub {
 	unsigned nr_ranges = 0;
 };
 
-/* A queue's count of the requests it started, written only by that queue (a load and a store, no
- * read-modify-write on the hot path); on a line of its own, so queues do not share one. */
-struct alignas(64) queue_count {
-	std::atomic<uint64_t> n{0};
-};
-
-/* How long after the queues last started a request the resync still counts user IO as active. */
+/* How long after the queues last took a request the resync still counts user IO as active. */
 #define YIELD_NS 500000000ull
 
-/* The resync's view of user IO: the queues' request counts, summed between chunks. */
+/* The resync's view of user IO: the device's request count (target_requests), between chunks. */
 struct user_io_watch {
 	uint64_t seen = 0;     /* the sum at the last look */
 	uint64_t moved_ns = 0; /* when it last moved; 0: never */
@@ -132,8 +126,7 @@ struct mirror {
 	bool stop = false;
 	uint64_t rate = 0;                  /* resync bytes per second; 0: as fast as the legs go */
 	uint64_t min_rate = 0;              /* resync bytes per second while user IO is active (> 0) */
-	std::unique_ptr<struct queue_count[]> started; /* one per queue */
-	unsigned nr_queues = 0;
+	const struct target *t;             /* the device's: its request count */
 	std::atomic<bool> resync_yielding{false}; /* the resync is at min_rate for user IO */
 	std::atomic<uint64_t> resync_copied{0}, resync_total{0}, resync_done{0};
 	std::atomic<uint64_t> resync_started_ns{0};

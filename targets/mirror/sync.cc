@@ -157,9 +157,7 @@ static void finish_legs(struct mirror *m, uint32_t legs)
 /* The resync's rate now, from whether user IO is active (shown by status()). */
 static uint64_t rate_now(struct mirror *m, struct user_io_watch *watch, uint64_t now)
 {
-	uint64_t sum = 0;
-	for (unsigned q = 0; q < m->nr_queues; q++)
-		sum += m->started[q].n.load(std::memory_order_relaxed);
+	uint64_t sum = target_requests(m->t);
 	uint64_t low = resync_floor(m->rate, m->min_rate);
 	bool yielding = watch->active(sum, now) && low != m->rate;
 	m->resync_yielding.store(yielding, std::memory_order_relaxed);

@@ -167,7 +167,7 @@ TEST(result_without_members_is_committed)
 	rig h(MODE_AUTO_LEASE, answers(-EROFS));
 	h.request(0, W, 0, 4096);
 	CHECK_EQ(h.result(0), -EROFS);
-	CHECK_EQ(h.q.stats.errors.load(), 1);
+	CHECK_EQ(h.q.stats->errors.load(), 1);
 	CHECK_EQ(h.logged(UD_MEMBER), 0);
 }
 
@@ -184,7 +184,7 @@ TEST(auto_lease_read_is_one_fixed_read_on_the_tags_slot)
 	CHECK_EQ(h.logged(UD_LEADER), 0); /* the driver leased it already */
 	h.answer(s, 4096);
 	CHECK_EQ(h.result(2), 4096);
-	CHECK_EQ(h.q.stats.leased.load(), 1);
+	CHECK_EQ(h.q.stats->leased.load(), 1);
 }
 
 TEST(lease_mode_leader_goes_before_any_member)
@@ -267,7 +267,7 @@ TEST(short_read_is_continued_where_it_stopped)
 	CHECK_RW(s, IORING_OP_READ_FIXED, 1, 1024, 3072, 8192 + 1024);
 	h.answer(s, 3072);
 	CHECK_EQ(h.result(0), 4096);
-	CHECK_EQ(h.q.stats.short_transfers.load(), 1);
+	CHECK_EQ(h.q.stats->short_transfers.load(), 1);
 	CHECK_EQ(h.member_calls.size(), 1); /* the target hears of the whole transfer once */
 }
 
@@ -374,7 +374,7 @@ TEST(fold_retry_issues_the_next_piece_and_keeps_what_the_first_covered)
 	CHECK_RW(s, IORING_OP_READ_FIXED, 1, 4096, 4096, (1 << 20) + 4096);
 	h.answer(s, 4096);
 	CHECK_EQ(h.result(0), 8192);
-	CHECK_EQ(h.q.stats.retries.load(), 1);
+	CHECK_EQ(h.q.stats->retries.load(), 1);
 }
 
 /* covered() asks for one range: the ranges are kept sorted and merged, so a first range [0, len) with a
@@ -869,7 +869,7 @@ TEST(copy_mode_reads_into_the_tags_buffer)
 	struct io_uring_sqe c = h.take(UD_CMD, 2);
 	CHECK_EQ(sqe_io_cmd(c).addr, (uintptr_t)h.q.ios[2].buf);
 	h.k.pending.push_back(c);
-	CHECK_EQ(h.q.stats.copied.load(), 1);
+	CHECK_EQ(h.q.stats->copied.load(), 1);
 }
 
 static uint64_t user_copy_off(uint16_t tag)

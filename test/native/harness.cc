@@ -65,11 +65,14 @@ harness::harness(enum data_mode mode, uint16_t depth, uint32_t max_io, const str
 	dev.ublkc_fd = -1;
 	dev.tgt.ops = real ? real : &ops;
 	dev.tgt.cfg.declared = dev.tgt.ops->options;
+	dev.stats.reset(new queue_stats[1]());
+	dev.tgt.stats = dev.stats.get();
 	dev.tgt.priv = this;
 	dev.on_queue_failed = [this] { queue_failed_cb = true; };
 	descs.assign(depth, ublksrv_io_desc{});
 	q.dev = &dev;
 	q.q_id = 0;
+	q.stats = &dev.stats[0];
 	q.descs = descs.data();
 	q.wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }

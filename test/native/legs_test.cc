@@ -178,7 +178,7 @@ TEST(stripe_pieces_past_the_member_limit_reuse_members_that_finished)
 	h.answer_members(0);
 	CHECK_EQ(h.result(0), LONG_READ); /* what a reused member covered first counts too */
 	CHECK_EQ(h.logged(UD_MEMBER), MAX_MEMBERS + 2);
-	CHECK_EQ(h.q.stats.retries.load(), 2);
+	CHECK_EQ(h.q.stats->retries.load(), 2);
 }
 
 TEST(stripe_a_failed_piece_ends_the_request_without_the_pieces_left)
@@ -189,7 +189,7 @@ TEST(stripe_a_failed_piece_ends_the_request_without_the_pieces_left)
 	h.answer_members(0);
 	CHECK_EQ(h.result(0), -EIO);
 	CHECK_EQ(h.logged(UD_MEMBER), MAX_MEMBERS);
-	CHECK_EQ(h.q.stats.retries.load(), 0);
+	CHECK_EQ(h.q.stats->retries.load(), 0);
 }
 
 TEST(stripe_a_flush_goes_to_every_leg)
@@ -263,7 +263,7 @@ TEST(mirror_a_failed_read_is_retried_on_the_next_healthy_leg)
 	CHECK_RW(last, IORING_OP_READ_FIXED, 3, 0, 4096, 8192);
 	h.answer(last, 4096);
 	CHECK_EQ(h.result(0), 4096);
-	CHECK_EQ(h.q.stats.retries.load(), 2);
+	CHECK_EQ(h.q.stats->retries.load(), 2);
 }
 
 TEST(mirror_a_leg_ending_inside_a_read_is_failed_and_the_read_retried)
