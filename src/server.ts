@@ -217,12 +217,18 @@ export class Server {
     }
   }
 
+  /** A command to the native target from the server's own steps (`resize`): its refusal as a UserError. */
+  private async nativeCommand(command: string): Promise<void> {
+    const reply = JSON.parse(await this.dev.command(command)) as ControlReply;
+    if (!reply.ok) throw new UserError(reply.error ?? `the target refused "${command}"`, 'backend');
+  }
+
   /** `resize`: the backend first (the target's own step), then the kernel (UPDATE_SIZE), then the record
    * (a later server re-attaches at the new size). Checked by the caller: a whole number of blocks. */
   private async resizeCommand(size: number): Promise<ControlAnswer> {
     const id = this.record.id;
-    if (!this.opened.resize) return { ok: false, error: `target ${this.record.target} cannot be resized (file and nbd can)` };
-    const options = this.opened.resize(size, parseStatus(this.dev.status()));
+    if (!this.opened.resize) return { ok: false, error: `target ${this.record.target} cannot be resized (file, nbd and mirror can)` };
+    const options = await this.opened.resize(size, parseStatus(this.dev.status()), (command) => this.nativeCommand(command));
     try {
       await addon.updateSize(id, size / 512);
     } catch (e) {

@@ -40,10 +40,11 @@ export interface OpenedTarget {
   /**
    * `ublk-ts resize`, in the server, before the kernel is told: makes the backend hold `size` bytes (a file
    * grows; none shrinks) or says in a UserError why it cannot (an export not grown yet). `status` is the
-   * native side's live status. Returns the options a later server opens it with, if they change. Without
+   * native side's live status; `native` sends the native target a command (its `command` op) and throws
+   * its refusal as a UserError. Returns the options a later server opens it with, if they change. Without
    * it, the target is not resized.
    */
-  resize?(size: number, status: Record<string, unknown>): Record<string, unknown> | undefined;
+  resize?(size: number, status: Record<string, unknown>, native: (command: string) => Promise<void>): Promise<Record<string, unknown> | undefined> | Record<string, unknown> | undefined;
   /** Releases what open() made. */
   close(): void;
 }

@@ -116,7 +116,7 @@ function describeStatus(info: Record<string, unknown>): string {
   const resync = resyncProgress(info, true);
   if (resync) lines.push(`  ${resync}${info.resyncYielding === true ? ', yielding to user IO' : ''}`);
   if (info.check === 'running' || info.check === 'done')
-    lines.push(`  check ${String(info.check)} ${String(info.checkPercent)}%: ${String(info.mismatched)} bytes mismatched${info.mismatchRanges ? ` (${String(info.mismatchRanges)})` : ''}, ${String(info.repaired)} rewritten`);
+    lines.push(`  check ${String(info.check)} ${String(info.checkPercent)}%: ${String(info.mismatched)} bytes mismatched${info.mismatchRanges ? ` (${String(info.mismatchRanges)})` : ''}, ${String(info.repaired)} rewritten${info.checkYielding === true ? ', yielding to user IO' : ''}`);
   if (info.syncNote) lines.push(`  last: ${String(info.syncNote)}`);
   return lines.join('\n');
 }
@@ -193,6 +193,12 @@ const spec: TargetSpec = {
         info: legInfo(legs),
         afterStart: (status) => ({ size: Number(status.dataSize), params }),
         prepare: (command) => prepare(command, opts, legs, params),
+        // Every leg in sync holds the new size (a file leg grows), the metadata moves to each leg's end
+        // (meta.cc): the legs, not the options, carry the size to a later server.
+        resize: async (to, _status, native) => {
+          await native(`grow ${to}`);
+          return undefined;
+        },
         restate: restater(opts, legs),
         close: () => closeLegs(legs),
       };

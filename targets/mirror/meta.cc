@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/fs.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +32,8 @@ static const char SB_MAGIC[8] = {'u', 'b', 'l', 'k', 'm', 'i', 'r', '1'};
 struct sb_leg {
 	uint8_t state; /* enum leg_state */
 	uint8_t full;  /* a resync of every chunk from pos on */
-	uint8_t pad[6];
+	uint8_t replaces; /* resyncing to take slot replaces - 1's place (0: none) */
+	uint8_t pad[5];
 	uint64_t pos;  /* resync: chunks below are done */
 };
 
@@ -158,6 +160,7 @@ again:
 		sb->legs[i].state = m->legs[i].state.load();
 		sb->legs[i].full = m->legs[i].full.load();
 		sb->legs[i].pos = m->legs[i].pos.load();
+		sb->legs[i].replaces = (uint8_t)(m->legs[i].replaces.load() + 1);
 	}
 	uint32_t mask = m->writable.load();
 	for (unsigned i = 0; i < m->n; i++) {
@@ -177,7 +180,7 @@ bool meta_bitmap_block_locked(struct mirror *m, uint64_t b, uint8_t *buf)
 {
 	const uint64_t per_block = BITMAP_BLOCK_CHUNKS;
 	memset(buf, 0, META_ALIGN);
-	uint64_t end = std::min(m->nr_chunks, (b + 1) * per_block);
+	uint64_t end = std::min(m->nr_chunks.load(), (b + 1) * per_block);
 	bool wanted = false;
 	for (uint64_t c = b * per_block; c < end; c++) {
 		uint32_t w = m->chunks[c].load(std::memory_order_relaxed);
@@ -191,7 +194,7 @@ bool meta_bitmap_block_locked(struct mirror *m, uint64_t b, uint8_t *buf)
 void meta_bitmap_written_locked(struct mirror *m, uint64_t b, const uint8_t *buf)
 {
 	const uint64_t per_block = BITMAP_BLOCK_CHUNKS;
-	uint64_t end = std::min(m->nr_chunks, (b + 1) * per_block);
+	uint64_t end = std::min(m->nr_chunks.load(), (b + 1) * per_block);
 	for (uint64_t c = b * per_block; c < end; c++)
 		if (buf[(c % per_block) / 8] & (1u << (c % 8)) && (m->chunks[c].load(std::memory_order_relaxed) & CHUNK_WANT))
 			m->chunks[c].fetch_or(CHUNK_SET), m->chunks[c].fetch_and(~CHUNK_WANT);
@@ -352,6 +355,8 @@ static int place(struct target *t, struct mirror *m, unsigned i, const found &f,
 		l->state = said.state == LEG_FAILED || said.state == LEG_EMPTY ? (uint8_t)LEG_RESYNC : said.state;
 		l->full = said.state == LEG_EMPTY || (said.state == LEG_RESYNC && said.full);
 		l->pos = said.state == LEG_RESYNC ? said.pos : 0;
+		/* A replace goes on: once in sync, the leg still takes the old one's place. */
+		l->replaces = said.state == LEG_RESYNC && said.replaces && said.replaces <= fresh->nr_legs ? said.replaces - 1 : -1;
 		if (said.state == LEG_FAILED && sb->events < fresh->events_cleared)
 			l->full = true;
 		return 0;
@@ -442,8 +447,9 @@ int mirror_assemble(struct target *t, struct mirror *m)
 	}
 	if (ret < 0)
 		return ret;
-	m->chunks.reset(new std::atomic<uint32_t>[m->nr_chunks]());
-	m->idle.reset(new std::atomic<uint8_t>[m->nr_chunks]());
+	uint64_t cap = std::max<uint64_t>(m->nr_chunks * GROW_FACTOR, GROW_MIN_CHUNKS);
+	if ((ret = m->chunks.reserve(cap, m->nr_chunks)) < 0 || (ret = m->idle.reserve(cap, m->nr_chunks)) < 0)
+		return ret;
 	if (!made && (ret = load_bitmap(m, legs, fresh)) < 0)
 		return ret;
 	uint32_t readable = 0, writable = 0;
@@ -481,19 +487,133 @@ int mirror_assemble(struct target *t, struct mirror *m)
 	return m->meta_error ? (t->error = "cannot write the mirror's superblock to its in-sync leg", -EIO) : 0;
 }
 
+/* [off, off + len) of a leg reads as zeroes: a hole in a file, the block layer's write-zeroes (unmapping
+ * allowed) on a block device, else its zeroing that falls back to writes; written zeroes on a file system
+ * without holes. (Not NOUNMAP: a loop device over a file system without it would drop its write-zeroes
+ * for good, and a later server of the mirror could then not promise them.) */
+static int zero_range(int fd, uint64_t off, uint64_t len)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, (off_t)off, (off_t)len) == 0)
+		return 0;
+	if (S_ISBLK(st.st_mode)) {
+		uint64_t range[2] = {off, len};
+		return ioctl(fd, BLKZEROOUT, range) < 0 ? -errno : 0;
+	}
+	if (errno != EOPNOTSUPP)
+		return -errno;
+	const size_t step = 1 << 20;
+	aligned zeroes(step);
+	if (!zeroes.p)
+		return -ENOMEM;
+	for (uint64_t done = 0; done < len; done += step) {
+		int ret = leg_io(fd, zeroes.p, (size_t)std::min<uint64_t>(step, len - done), off + done, LEG_WRITE);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+int mirror_grow(struct mirror *m, uint64_t size, std::string *why)
+{
+	std::unique_lock<std::mutex> g(m->lock);
+	/* A queue's bitmap write in flight goes where the bitmap was: let it land first (a new one waits for
+	 * the lock, and then sees the new place). */
+	while (m->bm_writer >= 0) {
+		g.unlock();
+		usleep(1000);
+		g.lock();
+	}
+	uint64_t old = m->data_size;
+	if (size == old)
+		return 0;
+	if (size < old)
+		return (*why = "a mirror does not shrink (it holds " + std::to_string(old) + " bytes)", -EINVAL);
+	if (m->scrub.running.load())
+		return (*why = "a check is running: resize once it ends (mirror status)", -EBUSY);
+	unsigned n = m->n;
+	for (unsigned i = 0; i < n; i++) {
+		uint8_t s = m->legs[i].state.load();
+		if (s != LEG_IN_SYNC && s != LEG_EMPTY)
+			return (*why = "leg " + std::to_string(i + 1) + " is " + (s == LEG_FAILED ? "failed" : "resyncing") +
+				       ": resize once every leg is in sync (replace or remove a failed one)", -EBUSY);
+	}
+	uint64_t chunks = (size + chunk_bytes(m) - 1) >> m->chunk_shift;
+	if (chunks > m->chunks.cap)
+		return (*why = "a running mirror grows to at most " + std::to_string(m->chunks.cap << m->chunk_shift) +
+			       " bytes: recover it (a new server) to grow it further", -ENOSPC);
+	uint64_t need = round_up(size, META_ALIGN) + bitmap_bytes(chunks) + SB_BYTES;
+	uint64_t sizes[MAX_LEGS] = {};
+	for (unsigned i = 0; i < n; i++) {
+		struct leg *l = &m->legs[i];
+		struct stat st;
+		if (l->state.load() == LEG_EMPTY)
+			continue;
+		int ret = fstat(l->fd, &st) < 0 ? -errno : leg_size(l->fd, &sizes[i]);
+		if (ret < 0)
+			return (*why = "leg " + std::to_string(i + 1) + " cannot be sized: " + strerror(-ret), ret);
+		if (sizes[i] < need && !S_ISREG(st.st_mode))
+			return (*why = "leg " + std::to_string(i + 1) + " holds " + std::to_string(sizes[i]) + " bytes; " +
+				       std::to_string(size) + " bytes of data and the metadata need " + std::to_string(need) +
+				       ": grow it first", -ENOSPC);
+	}
+	/* The bytes added are the same on every leg (what was there, the old metadata among it, is not). */
+	for (unsigned i = 0; i < n; i++) {
+		struct leg *l = &m->legs[i];
+		if (l->state.load() == LEG_EMPTY)
+			continue;
+		int ret = 0;
+		if (sizes[i] < need) {
+			ret = ftruncate(l->fd, (off_t)need) < 0 ? -errno : 0;
+			sizes[i] = need;
+		}
+		if (ret == 0)
+			ret = zero_range(l->fd, old, size - old);
+		if (ret == 0 && fdatasync(l->fd) < 0)
+			ret = -errno;
+		if (ret < 0)
+			return (*why = "leg " + std::to_string(i + 1) + " cannot be grown: " + strerror(-ret), ret);
+	}
+	int ret = m->chunks.grow(chunks);
+	if (ret == 0)
+		ret = m->idle.grow(chunks);
+	if (ret < 0)
+		return (*why = std::string("the bitmap cannot grow: ") + strerror(-ret), ret);
+	for (unsigned i = 0; i < n; i++) {
+		struct leg *l = &m->legs[i];
+		if (l->state.load() == LEG_EMPTY)
+			continue;
+		l->size = sizes[i];
+		layout(l, chunks);
+	}
+	m->nr_chunks = chunks;
+	m->data_size = size;
+	meta_write_bitmap_locked(m, 0, chunks - 1);
+	meta_write_sb_locked(m, false);
+	return m->meta_error ? (*why = "cannot write the mirror's superblock to its in-sync leg", -EIO) : 0;
+}
+
 int mirror_readd(struct mirror *m, unsigned i)
 {
 	struct leg *l = &m->legs[i];
 	found f;
 	if (!f.block.p)
 		return -ENOMEM;
-	int ret = xfer(l->fd, f.block.p, SB_BYTES, l->sb_off, false);
-	if (ret < 0)
-		return ret;
 	std::lock_guard<std::mutex> g(m->lock);
 	uint8_t s = l->state.load();
 	if (s == LEG_IN_SYNC || s == LEG_RESYNC)
 		return 0;
+	/* Where its metadata goes now (the mirror may have grown while it was out). */
+	int ret = leg_size(l->fd, &l->size);
+	if (ret < 0)
+		return ret;
+	layout(l, m->nr_chunks);
+	if (l->size < 4 * META_ALIGN || l->bitmap_off < m->data_size)
+		return -ENOSPC;
+	if ((ret = xfer(l->fd, f.block.p, SB_BYTES, l->sb_off, false)) < 0)
+		return ret;
 	/* Its own superblock says how much it missed: only the bitmap's chunks if no bit was cleared since
 	 * it was last written, else every chunk. */
 	const struct disk_sb *sb = f.sb();

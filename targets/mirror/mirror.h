@@ -8,12 +8,16 @@
  * what a returning leg missed, checkpoints, clears bits and scrubs.
  */
 #pragma once
+#include <errno.h>
 #include <stdint.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <thread>
 #include <vector>
@@ -50,7 +54,7 @@ struct leg {
 	std::atomic<uint8_t> state{LEG_IN_SYNC};
 	std::atomic<bool> full{false};   /* resync every chunk (a new leg), not only the bitmap's */
 	std::atomic<uint64_t> pos{0};    /* resync: chunks below this one are done */
-	int replaces = -1;               /* under lock: once in sync, it takes this slot's place */
+	std::atomic<int> replaces{-1};   /* written under lock: once in sync, it takes this slot's place */
 	uint64_t full_from = 0;          /* with full: every chunk from here on is copied, below only the bitmap's */
 	/* Why it failed, for status(): written under the mirror's lock, published by `known`. */
 	std::atomic<int> err{0};
@@ -95,6 +99,50 @@ static inline uint64_t resync_floor(uint64_t rate, uint64_t min_rate)
 	return rate && rate < min_rate ? rate : min_rate;
 }
 
+/* A table indexed by chunk that grows in place while queues use it (`resize`): its address space is
+ * reserved for `cap` entries up front (no memory until used), and growing makes more of it usable. */
+template <typename T> struct chunk_table {
+	T *p = nullptr;
+	uint64_t cap = 0, len = 0;
+	static uint64_t bytes(uint64_t n)
+	{
+		uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+		return (n * sizeof(T) + page - 1) / page * page;
+	}
+	/* Room for `cap` entries, `len` of them usable and zero. 0 or -errno. */
+	int reserve(uint64_t reserve_cap, uint64_t n)
+	{
+		void *a = mmap(nullptr, bytes(reserve_cap), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (a == MAP_FAILED)
+			return -errno;
+		p = static_cast<T *>(a);
+		cap = reserve_cap;
+		return grow(n);
+	}
+	/* Entries [0, n) usable; the new ones zero. 0 or -errno. */
+	int grow(uint64_t n)
+	{
+		if (n > cap)
+			return -ENOSPC;
+		if (n > len && mprotect(p, bytes(n), PROT_READ | PROT_WRITE) < 0)
+			return -errno;
+		for (uint64_t i = len; i < n; i++)
+			new (&p[i]) T();
+		len = n > len ? n : len;
+		return 0;
+	}
+	T &operator[](uint64_t i) const { return p[i]; }
+	~chunk_table()
+	{
+		if (p)
+			munmap(p, bytes(cap));
+	}
+};
+
+/* A running mirror grows to this many times its chunks at start (or 2^24 chunks) without a restart. */
+#define GROW_FACTOR 4
+#define GROW_MIN_CHUNKS (1ull << 24)
+
 struct mirror {
 	std::atomic<unsigned> n;            /* slots in use; grows with add-leg */
 	std::atomic<uint32_t> block_discard; /* bit i: leg i discards with a block discard */
@@ -111,13 +159,14 @@ struct mirror {
 	uint8_t uuid[16];
 	std::atomic<uint64_t> events{0}; /* read by status() without the lock */
 	uint64_t events_cleared = 0;
-	uint64_t data_size = 0;
+	/* Written under lock (assembly, resize); read by queues, the sync thread and status() without it. */
+	std::atomic<uint64_t> data_size{0};
 	unsigned chunk_shift = 16;
-	uint64_t nr_chunks = 0;
+	std::atomic<uint64_t> nr_chunks{0};
 	bool meta_error = false;            /* a superblock could not be written to the last in-sync leg */
 	void *meta_buf = nullptr;           /* 4 KiB aligned scratch for metadata writes, under lock */
-	std::unique_ptr<std::atomic<uint32_t>[]> chunks;
-	std::unique_ptr<std::atomic<uint8_t>[]> idle; /* a sweep found the chunk idle; a write clears it */
+	chunk_table<std::atomic<uint32_t>> chunks;
+	chunk_table<std::atomic<uint8_t>> idle; /* a sweep found the chunk idle; a write clears it */
 
 	/* The sync thread. */
 	std::thread thread;
@@ -127,7 +176,7 @@ struct mirror {
 	uint64_t rate = 0;                  /* resync bytes per second; 0: as fast as the legs go */
 	uint64_t min_rate = 0;              /* resync bytes per second while user IO is active (> 0) */
 	const struct target *t;             /* the device's: its request count */
-	std::atomic<bool> resync_yielding{false}; /* the resync is at min_rate for user IO */
+	std::atomic<bool> yielding{false};  /* the resync or the check is at min_rate for user IO */
 	std::atomic<uint64_t> resync_copied{0}, resync_total{0}, resync_done{0};
 	std::atomic<uint64_t> resync_started_ns{0};
 	std::mutex note_lock;               /* never held across IO: status() takes it on the JavaScript thread */
@@ -186,6 +235,10 @@ int mirror_readd(struct mirror *m, unsigned i);
 int mirror_add_leg(struct mirror *m, int fd, bool block_discard, int replaces, std::string *why);
 /* Under lock: a new leg that replaced another is in sync: it moves into the old one's slot. */
 void mirror_swap_in_locked(struct mirror *m, unsigned from);
+/* `resize`: the device holds `size` bytes from now on (more than before): file legs too small grow, the
+ * bytes added are zeroed on every leg, the metadata moves to each leg's new end. Every leg must be in
+ * sync. 0, or -errno with *why. On libuv's pool: it blocks. */
+int mirror_grow(struct mirror *m, uint64_t size, std::string *why);
 /* A failed leg leaves the array (its slot is empty; the bitmap may be cleared without it). -EBUSY if it
  * is not failed. */
 int mirror_remove(struct mirror *m, unsigned i);
@@ -224,8 +277,8 @@ void sync_stop(struct mirror *m);
 void sync_kick(struct mirror *m);
 
 /* verbs.cc */
-/* `ublk-ts mirror <verb>`: "fail L", "re-add L", "remove L", "check [repair [L]]" (L from 1). Returns
- * {"ok":true,"message":...} or {"ok":false,"error":...}. On libuv's pool: it may block. */
+/* `ublk-ts mirror <verb>`: "fail L", "re-add L", "remove L", "check [repair [L]]" (L from 1); and
+ * `resize`'s "grow BYTES". Returns {"ok":true,"message":...} or {"ok":false,"error":...}. On libuv's pool: it may block. */
 std::string mirror_command(struct mirror *m, const std::string &cmd);
 /* The flat JSON object `list` merges into the device's info. */
 std::string mirror_status_json(struct mirror *m);

@@ -81,7 +81,7 @@ static bool overtaken(struct mirror *m, uint64_t c, uint32_t w)
  * reached (a leg that fails on the way is failed), or -1 if no in-sync leg could be read. */
 static int64_t copy_chunk(struct mirror *m, uint64_t c, uint32_t to, int from, struct bufs &b)
 {
-	uint64_t start = c << m->chunk_shift, end = std::min(m->data_size, start + chunk_bytes(m));
+	uint64_t start = c << m->chunk_shift, end = std::min(m->data_size.load(), start + chunk_bytes(m));
 	for (;;) {
 		uint32_t src_mask = m->readable.load() & ~to;
 		if (from >= 0)
@@ -160,7 +160,7 @@ static uint64_t rate_now(struct mirror *m, struct user_io_watch *watch, uint64_t
 	uint64_t sum = target_requests(m->t);
 	uint64_t low = resync_floor(m->rate, m->min_rate);
 	bool yielding = watch->active(sum, now) && low != m->rate;
-	m->resync_yielding.store(yielding, std::memory_order_relaxed);
+	m->yielding.store(yielding, std::memory_order_relaxed);
 	return yielding ? low : m->rate;
 }
 
@@ -173,6 +173,27 @@ static bool pace(struct mirror *m, uint64_t t0, uint64_t copied, uint64_t rate)
 	return due > t && m->wake.wait_for(lk, std::chrono::nanoseconds(due - t), [m] { return m->stop; });
 }
 
+/* Paces a resync or a check chunk by chunk: at the cap while the legs are the device's alone, at the floor
+ * while user IO is active (rate_now, asked anew after each chunk). */
+struct pacer {
+	struct mirror *m;
+	struct user_io_watch *watch;
+	uint64_t t0, done = 0, rate;
+	pacer(struct mirror *mm, struct user_io_watch *w) : m(mm), watch(w), t0(now_ns()), rate(rate_now(mm, w, t0)) {}
+	/* `bytes` more were moved: waits until they are due; true if the thread is to stop. */
+	bool moved(uint64_t bytes)
+	{
+		done += bytes;
+		uint64_t t = now_ns(), r = rate_now(m, watch, t);
+		if (r != rate) {
+			rate = r;
+			t0 = t;
+			done = 0;
+		}
+		return rate && pace(m, t0, done, rate);
+	}
+};
+
 /* Up to CHUNKS_PER_STEP chunks of the resync; false when there is none to do. */
 static bool resync_step(struct mirror *m, struct bufs &b, struct user_io_watch *watch)
 {
@@ -183,7 +204,7 @@ static bool resync_step(struct mirror *m, struct bufs &b, struct user_io_watch *
 	for (unsigned i = 0; i < m->n; i++)
 		if (legs & (1u << i))
 			cursor = std::min(cursor, m->legs[i].pos.load());
-	uint64_t t0 = now_ns(), copied = 0, rate = rate_now(m, watch, t0);
+	struct pacer pacer(m, watch);
 	for (unsigned k = 0; k < CHUNKS_PER_STEP && cursor < m->nr_chunks; k++, cursor++) {
 		uint32_t at = 0, need = 0;
 		bool dirty = m->chunks[cursor].load() & CHUNK_SET;
@@ -195,28 +216,19 @@ static bool resync_step(struct mirror *m, struct bufs &b, struct user_io_watch *
 			if (dirty || (l->full.load() && cursor >= l->full_from))
 				need |= 1u << i;
 		}
+		uint64_t bytes = 0;
 		if (need) {
 			if (copy_chunk(m, cursor, need, -1, b) < 0) {
 				note(m, "resync stopped: no in-sync leg could be read at byte " + std::to_string(cursor << m->chunk_shift));
 				return false;
 			}
-			uint64_t bytes = std::min(chunk_bytes(m), m->data_size - (cursor << m->chunk_shift));
+			bytes = std::min(chunk_bytes(m), m->data_size - (cursor << m->chunk_shift));
 			m->resync_copied += bytes;
-			copied += bytes;
 		}
 		for (unsigned i = 0; i < m->n; i++)
 			if (at & (1u << i))
 				m->legs[i].pos = cursor + 1;
-		if (!need)
-			continue;
-		/* Between chunks: user IO that started (or ended) changes the rate, paced anew from here. */
-		uint64_t t = now_ns(), r = rate_now(m, watch, t);
-		if (r != rate) {
-			rate = r;
-			t0 = t;
-			copied = 0;
-		}
-		if (rate && pace(m, t0, copied, rate))
+		if (need && pacer.moved(bytes))
 			return true;
 	}
 	if (cursor >= m->nr_chunks)
@@ -258,7 +270,7 @@ static int majority(struct mirror *m, uint32_t legs, size_t len, struct bufs &b)
 static void scrub_chunk(struct mirror *m, uint64_t c, struct bufs &b)
 {
 	struct scrub *s = &m->scrub;
-	uint64_t start = c << m->chunk_shift, end = std::min(m->data_size, start + chunk_bytes(m));
+	uint64_t start = c << m->chunk_shift, end = std::min(m->data_size.load(), start + chunk_bytes(m));
 	for (uint64_t off = start; off < end; off += PIECE) {
 		size_t len = (size_t)std::min<uint64_t>(PIECE, end - off);
 		for (;;) {
@@ -296,7 +308,7 @@ static void scrub_chunk(struct mirror *m, uint64_t c, struct bufs &b)
 	}
 }
 
-static bool scrub_step(struct mirror *m, struct bufs &b)
+static bool scrub_step(struct mirror *m, struct bufs &b, struct user_io_watch *watch)
 {
 	struct scrub *s = &m->scrub;
 	if (!s->running.load())
@@ -306,9 +318,13 @@ static bool scrub_step(struct mirror *m, struct bufs &b)
 		note(m, "check stopped: fewer than two legs are in sync");
 		return false;
 	}
+	struct pacer pacer(m, watch);
 	for (unsigned k = 0; k < CHUNKS_PER_STEP && s->pos.load() < m->nr_chunks; k++) {
-		scrub_chunk(m, s->pos.load(), b);
+		uint64_t c = s->pos.load();
+		scrub_chunk(m, c, b);
 		s->pos++;
+		if (pacer.moved(std::min(chunk_bytes(m), m->data_size - (c << m->chunk_shift))))
+			return true;
 	}
 	if (s->pos.load() >= m->nr_chunks) {
 		s->running = false;
@@ -388,7 +404,7 @@ static void sync_main(struct mirror *m)
 		}
 		was_resyncing = pending;
 		bool resync = pending && b.ok() && resync_step(m, b, &watch);
-		bool busy = resync || (b.ok() && scrub_step(m, b));
+		bool busy = resync || (b.ok() && scrub_step(m, b, &watch));
 		uint64_t t = now_ns();
 		if (t - last_ckpt >= CHECKPOINT_NS) {
 			checkpoint(m, &ckpt_sum);

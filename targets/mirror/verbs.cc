@@ -90,6 +90,15 @@ std::string mirror_command(struct mirror *m, const std::string &cmd)
 		sync_kick(m);
 		return ok(repair ? "check and repair started" : "check started");
 	}
+	if (verb == "grow") {
+		/* From the server's `resize`: "grow BYTES". */
+		uint64_t size = 0;
+		std::string why;
+		if (!(in >> size))
+			return refused("usage: grow BYTES");
+		int ret = mirror_grow(m, size, &why);
+		return ret < 0 ? refused(why) : ok("the mirror holds " + std::to_string(size) + " bytes");
+	}
 	if (verb == "add-leg" || verb == "replace") {
 		/* From the server, which opened the new leg: "add-leg FD BLOCK_DISCARD", "replace L FD BLOCK_DISCARD". */
 		int old = 0, fd = -1, bd = 0;
@@ -118,7 +127,7 @@ std::string mirror_command(struct mirror *m, const std::string &cmd)
 	if (verb == "re-add") {
 		int ret = mirror_readd(m, i);
 		if (ret < 0)
-			return refused(name + " cannot be written: " + errno_text(-ret));
+			return refused(name + (ret == -ENOSPC ? " is too small for this mirror" : " cannot be written: " + errno_text(-ret)));
 		sync_kick(m);
 		return ok(name + " is " + state_name(m->legs[i].state.load()));
 	}
@@ -144,6 +153,9 @@ std::string mirror_status_json(struct mirror *m)
 		} else if (s != LEG_IN_SYNC && state == "clean") {
 			state = "degraded";
 		}
+		int replaces = l->replaces.load();
+		if (s == LEG_RESYNC && replaces >= 0)
+			why += ",\"leg" + std::to_string(i + 1) + "\":\"replacing leg " + std::to_string(replaces + 1) + "\"";
 		if (s == LEG_FAILED && l->known.load(std::memory_order_acquire)) {
 			int err = l->err.load(std::memory_order_relaxed);
 			why += ",\"leg" + std::to_string(i + 1) + "\":\"failed: " +
@@ -170,13 +182,15 @@ std::string mirror_status_json(struct mirror *m)
 		snprintf(num, sizeof(num), ",\"resync\":%.1f,\"resyncRate\":%.0f,\"resyncEta\":%.0f", done * 100, rate,
 			 done > 0 ? secs * (1 - done) / done : -1);
 		out += num;
-		out += std::string(",\"resyncYielding\":") + (m->resync_yielding.load(std::memory_order_relaxed) ? "true" : "false");
+		out += std::string(",\"resyncYielding\":") + (m->yielding.load(std::memory_order_relaxed) ? "true" : "false");
 	}
 	const struct scrub *s = &m->scrub;
 	out += ",\"check\":\"" + std::string(s->running.load() ? "running" : s->pos.load() ? "done" : "never") + "\"";
 	if (s->running.load() || s->pos.load()) {
 		out += ",\"checkPercent\":" + std::to_string(s->pos.load() * 100 / std::max<uint64_t>(m->nr_chunks, 1)) +
 		       ",\"mismatched\":" + std::to_string(s->mismatched.load()) + ",\"repaired\":" + std::to_string(s->repaired.load());
+		if (s->running.load())
+			out += std::string(",\"checkYielding\":") + (m->yielding.load(std::memory_order_relaxed) ? "true" : "false");
 		std::lock_guard<std::mutex> g(const_cast<struct scrub *>(s)->lock);
 		out += ",\"mismatchRanges\":\"" + s->ranges + "\"";
 	}

@@ -1,11 +1,12 @@
 // Operating devices on the real driver: a device in use is never stopped by del or down without --force,
-// no partition scan unless asked, the flags asked and granted per device, and resize of a mounted ext4.
+// no partition scan unless asked, the flags asked and granted per device, and resize of a mounted ext4
+// (file, nbd, mirror).
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { openBy } from '../../src/lifecycle.js';
 import type { Outcome } from '../../src/updown.js';
-import { cli, cliJson, delAll, failedInOneLine, inBackground, listEntry, MNT, nbdkit, scratch, sh, sleep, stateOf, stopServer, ublkDevices, waitFor, type AddedDevice, type Listed } from './helpers.js';
+import { cli, cliJson, delAll, failedInOneLine, inBackground, listEntry, loopDevice, MNT, nbdkit, scratch, sh, sleep, stateOf, stopServer, ublkDevices, waitFor, type AddedDevice, type Listed } from './helpers.js';
 
 afterEach(() => {
   delAll();
@@ -190,5 +191,52 @@ describe('resize', () => {
     srv = await nbdkit(sock, 'file', disk);
     await waitFor('the device to see the larger export', () => listEntry(dev.id)?.info.size === 128 << 20, 30_000);
     await grownOnline(dev, fs0);
+  });
+
+  it('grows a mirror: a mounted ext4 over file legs (they grow with it), a block device leg only once it has grown; the legs carry the size across recover and del + add, and end identical', async () => {
+    const dir = scratch('resize-mirror');
+    const legBytes = (n: number) => (n << 20) + 8192; // n MiB of data, a bitmap block and the superblock
+    const [a, b] = [path.join(dir, 'a.img'), path.join(dir, 'b.img')];
+    sh(`truncate -s ${legBytes(64)} ${a} ${b}`);
+    const add = (...legs: string[]) => cliJson<AddedDevice>('add', '--target', 'mirror', ...legs.flatMap((l) => ['--leg', l]), '--assume-clean', '--queues', '2');
+    const dev = add(a, b);
+    const id = String(dev.id);
+    const legs = () => listEntry(dev.id)?.info.legs;
+    expect(dev.size).toBe(64 << 20);
+    const fs0 = mountedExt4(dev, dir);
+    // A leg out of sync: refused in one line, nothing changes.
+    expect(cli('mirror', 'fail', '-n', id, '--leg', '2').status).toBe(0);
+    expect(failedInOneLine(cli('resize', '-n', id, '--size', '128M'))).toMatch(/leg 2 is failed: resize once every leg is in sync/);
+    expect(cli('mirror', 're-add', '-n', id, '--leg', '2').status).toBe(0);
+    await waitFor('leg 2 back in sync', () => legs() === 'in-sync,in-sync', 60_000);
+    await grownOnline(dev, fs0); // with kill -9 + recover
+    for (const leg of [a, b]) expect(fs.statSync(leg).size).toBe(legBytes(128));
+    // del + add of the same legs: their superblocks, at their new end, say the size.
+    await waitFor('the legs in sync after recover', () => legs() === 'in-sync,in-sync', 60_000);
+    expect(cli('del', '-n', id).status).toBe(0);
+    const again = add(a, b);
+    expect(again.size).toBe(128 << 20);
+    sh(`mount ${again.blockDevice} ${MNT} && sha256sum < ${MNT}/f | cmp - ${fs0.sum} && umount ${MNT}`);
+    expect(cli('del', '-n', String(again.id)).status).toBe(0);
+    expect(sh(`cmp -n ${128 << 20} ${a} ${b} && echo same`).trim()).toBe('same');
+
+    // A block device leg (a loop device) must grow first: the refusal says how large.
+    const c = path.join(dir, 'c.img');
+    sh(`truncate -s ${legBytes(32)} ${c}`);
+    const d = loopDevice(path.join(dir, 'd.img'), String(legBytes(32)), 512);
+    const blk = add(c, d);
+    sh(`head -c 32M /dev/urandom > ${dir}/r && dd if=${dir}/r of=${blk.blockDevice} bs=1M oflag=direct status=none`);
+    expect(failedInOneLine(cli('resize', '-n', String(blk.id), '--size', '64M'))).toMatch(new RegExp(`leg 2 holds ${legBytes(32)} bytes; .*: grow it first`));
+    sh(`truncate -s ${legBytes(64)} ${dir}/d.img && losetup -c ${d}`);
+    expect(cli('resize', '-n', String(blk.id), '--size', '64M').status).toBe(0);
+    // The bytes added read as zero (the old metadata was there on each leg), and take writes.
+    expect(sh(`cmp -n 32M -i 32M ${blk.blockDevice} /dev/zero && echo zero`).trim()).toBe('zero');
+    sh(`dd if=${dir}/r of=${blk.blockDevice} bs=1M seek=32 oflag=direct status=none`);
+    expect(cli('del', '-n', String(blk.id)).status).toBe(0);
+    const blk2 = add(c, d);
+    expect(blk2.size).toBe(64 << 20);
+    expect(sh(`cmp -n 32M ${blk2.blockDevice} ${dir}/r && cmp -n 32M -i 0:32M ${dir}/r ${blk2.blockDevice} && echo kept`).trim()).toBe('kept');
+    expect(cli('del', '-n', String(blk2.id)).status).toBe(0);
+    expect(sh(`cmp -n ${64 << 20} ${c} ${d} && echo same`).trim()).toBe('same');
   });
 });

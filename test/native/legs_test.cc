@@ -481,6 +481,76 @@ TEST(mirror_a_leg_that_failed_is_resynced_by_the_next_mirror_over_the_same_legs)
 		close(fd);
 }
 
+TEST(mirror_grows_in_place_with_its_metadata_at_the_legs_new_end_and_the_bytes_added_zero)
+{
+	std::vector<int> fds = {memory_leg(), memory_leg()};
+	const uint64_t grown = 2 * LEG_BYTES, was = LEG_BYTES - 8192;
+	{
+		legs_rig h("mirror", 2, {}, fds);
+		CHECK_CONTAINS(h.status(), "\"dataSize\":" + std::to_string(was) + ",");
+		CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "grow 4096"), "does not shrink");
+		CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "grow " + std::to_string(grown)), "\"ok\":true");
+		CHECK_CONTAINS(h.status(), "\"dataSize\":" + std::to_string(grown) + ",");
+		for (int fd : fds) {
+			/* The file legs grew to the data, a bitmap block and the superblock; where the old metadata
+			 * was is data now, and zero. */
+			CHECK_EQ((uint64_t)lseek(fd, 0, SEEK_END), grown + 8192);
+			uint8_t old_meta[8192];
+			CHECK_EQ(pread(fd, old_meta, sizeof(old_meta), (off_t)was), (ssize_t)sizeof(old_meta));
+			for (uint8_t b : old_meta)
+				CHECK_EQ(b, 0);
+		}
+		/* A write to the last chunk, which the mirror did not have: its bit is in the bitmap's new place. */
+		h.request(0, W, grown - 4096, 4096);
+		CHECK_EQ(h.legs_of(0), 0b11);
+		for (int fd : fds) {
+			uint8_t b = 0;
+			CHECK_EQ(pread(fd, &b, 1, (off_t)grown + 31 / 8), 1);
+			CHECK_EQ(b, 1u << (31 % 8));
+		}
+		h.answer_members(0);
+		CHECK_EQ(h.result(0), 4096);
+	}
+	/* The next mirror over the same legs finds its superblocks at their new end: the new size, in sync. */
+	legs_rig again("mirror", 2, {}, fds);
+	CHECK_CONTAINS(again.status(), "\"dataSize\":" + std::to_string(grown) + ",");
+	CHECK_CONTAINS(again.status(), "\"legs\":\"in-sync,in-sync\"");
+	for (int fd : fds)
+		close(fd);
+}
+
+TEST(mirror_a_replace_stopped_before_its_end_goes_on_under_the_next_mirror_over_the_same_legs)
+{
+	std::vector<int> fds = {memory_leg(), memory_leg(), memory_leg()};
+	{
+		legs_rig h("mirror", 2, {{"resync-rate", 1}}, {fds[0], fds[1]}); /* the resync stays at its first chunk */
+		CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "replace 2 " + std::to_string(fds[2]) + " 0"), "\"ok\":true");
+		CHECK_CONTAINS(h.status(), "\"leg3\":\"replacing leg 2\"");
+	}
+	legs_rig again("mirror", 3, {{"resync-rate", 1}}, fds);
+	CHECK_CONTAINS(again.status(), "\"legs\":\"in-sync,in-sync,resyncing\"");
+	CHECK_CONTAINS(again.status(), "\"leg3\":\"replacing leg 2\"");
+	for (int fd : fds)
+		close(fd);
+}
+
+TEST(mirror_a_check_that_saw_user_io_goes_at_the_floor_and_says_so)
+{
+	/* As the resync: after one chunk the check waits (until the stop); with no user IO it would compare
+	 * all 16 chunks at once. */
+	legs_rig h("mirror", 2, {{"resync-min-rate", 1}});
+	h.request(0, R, 0, 4096);
+	h.answer_members(0);
+	CHECK_EQ(h.result(0), 4096);
+	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "check"), "\"ok\":true");
+	for (int i = 0; i < 1000 && h.status().find("\"checkPercent\":0,") != std::string::npos; i++)
+		usleep(1000);
+	usleep(100000);
+	std::string s = h.status();
+	CHECK_CONTAINS(s, "\"check\":\"running\",\"checkPercent\":6,");
+	CHECK_CONTAINS(s, "\"checkYielding\":true");
+}
+
 TEST(mirror_an_added_legs_file_is_in_the_ring_before_its_first_member)
 {
 	legs_rig h("mirror", 2);
