@@ -7,7 +7,10 @@ import path from 'node:path';
 import type { OpenedTarget, TargetSpec, TargetVerb } from '../../src/target.js';
 import { UserError } from '../../src/errors.js';
 import { parseSize } from '../../src/size.js';
-import { closeLegs, legFileOptions, legIdentity, legInfo, legOption, legOptions, legParams, MAX_LEGS, openLeg, openLegs, type Leg } from './legs.js';
+import { closeLegs, legFileOptions, legIdentity, legInfo, legOption, legParams, MAX_LEGS, openLeg, openLegs, type Leg } from './legs.js';
+
+/** `--leg missing`: an empty slot. */
+const MISSING = 'missing';
 
 const CHUNK_MIN = 64 << 10;
 const CHUNK_MAX = 64 << 20;
@@ -144,12 +147,20 @@ async function prepare(command: string, opts: Record<string, unknown>, legs: Leg
   return `${m[2] ? `replace ${m[2]}` : 'add-leg'} ${leg.opened.fds[0]} ${bd}`;
 }
 
-/** The --leg list a later server needs, from which fd each slot has now (status.legFds). */
-function restater(opts: Record<string, unknown>, legs: Leg[]): NonNullable<OpenedTarget['restate']> {
-  let before = legs.map((l) => l.path).join('\0');
+/** The slots' legs: the opened legs in order, undefined for each `missing`. */
+function slotted(slots: string[], legs: Leg[]): (Leg | undefined)[] {
+  let next = 0;
+  return slots.map((p) => (p === MISSING ? undefined : legs[next++]));
+}
+
+/** The --leg list a later server needs, from which fd each slot has now (status.legFds) and which slots
+ * are empty (status.legs): `missing` there, so a leg `remove` took out does not come back by itself. */
+function restater(opts: Record<string, unknown>, slots: string[], legs: Leg[]): NonNullable<OpenedTarget['restate']> {
+  let before = slots.join('\0');
   return (status) => {
     const byFd = new Map(legs.map((l) => [l.opened.fds[0], l.path]));
-    const paths = String(status.legFds ?? '').split(',').map((fd) => byFd.get(Number(fd)));
+    const states = String(status.legs ?? '').split(',');
+    const paths = String(status.legFds ?? '').split(',').map((fd, i) => (states[i] === 'empty' ? MISSING : byFd.get(Number(fd))));
     if (paths.some((p) => p === undefined)) return undefined;
     const now = paths as string[];
     if (now.join('\0') === before) return undefined;
@@ -163,7 +174,7 @@ const spec: TargetSpec = {
   describe: 'RAID1 with a write-intent bitmap: every write to each leg, reads from in-sync legs; a leg that returns is resynced',
   movesData: true,
   options: {
-    leg: legOption,
+    leg: { ...legOption, describe: 'a leg: an existing file or block device, or "missing" (an empty slot); repeat for each' },
     ...legFileOptions,
     'bitmap-chunk': { type: 'string', describe: 'a new mirror: bytes per bitmap bit, 64k..64M (default 64k, more for large legs)' },
     'assume-clean': { type: 'boolean', describe: 'a new mirror: the legs already hold the same bytes (no initial resync)' },
@@ -173,11 +184,17 @@ const spec: TargetSpec = {
   },
   async open(opts) {
     const rates = resyncRates(opts);
-    const legs = await openLegs('mirror', opts, 1);
+    // `--leg missing` keeps a slot empty (md's `missing`): a leg that is gone, or one `remove` took out.
+    const slots = (Array.isArray(opts.leg) ? opts.leg : opts.leg === undefined ? [] : [opts.leg]).map(String);
+    const present = slots.filter((p) => p !== MISSING);
+    if (present.length === 0 && slots.length > 0) throw new UserError('every --leg is missing: a mirror needs at least one leg to serve from');
+    const legs = await openLegs('mirror', { ...opts, leg: present }, 1);
     try {
       const params = legParams(legs);
+      // Each slot's leg, or undefined where it is missing.
+      const bySlot = slotted(slots, legs);
       const options = {
-        ...legOptions(legs),
+        'block-discard': bySlot.reduce((bits, l, i) => bits | (l?.opened.options?.['block-discard'] ? 1 << i : 0), 0),
         lbs: 2 ** (params.logicalBsShift ?? 9),
         'bitmap-chunk-shift': chunkShift(opts['bitmap-chunk'], Math.min(...legs.map((l) => l.opened.size))),
         'assume-clean': opts['assume-clean'] === true ? 1 : 0,
@@ -187,10 +204,10 @@ const spec: TargetSpec = {
       return {
         // The native side settles it from the legs' metadata: see afterStart.
         size: 0,
-        fds: legs.map((l) => l.opened.fds[0]),
+        fds: bySlot.map((l) => l?.opened.fds[0] ?? -1),
         options,
         params,
-        info: legInfo(legs),
+        info: { ...legInfo(legs), file: slots.join(',') },
         afterStart: (status) => ({ size: Number(status.dataSize), params }),
         prepare: (command) => prepare(command, opts, legs, params),
         // Every leg in sync holds the new size (a file leg grows), the metadata moves to each leg's end
@@ -199,7 +216,7 @@ const spec: TargetSpec = {
           await native(`grow ${to}`);
           return undefined;
         },
-        restate: restater(opts, legs),
+        restate: restater(opts, slots, legs),
         close: () => closeLegs(legs),
       };
     } catch (e) {

@@ -296,8 +296,11 @@ static int create(struct target *t, struct mirror *m, std::vector<found> &legs)
 	if (getrandom(m->uuid, sizeof(m->uuid), 0) != (ssize_t)sizeof(m->uuid))
 		return -errno;
 	uint64_t data = UINT64_MAX;
+	bool first = true;
 	for (unsigned i = 0; i < m->n; i++) {
 		struct leg *l = &m->legs[i];
+		if (l->fd < 0)
+			continue;
 		if (!legs[i].readable)
 			return refuse(t, i, "cannot be read", -EIO);
 		if (l->size < 4 * META_ALIGN)
@@ -310,13 +313,18 @@ static int create(struct target *t, struct mirror *m, std::vector<found> &legs)
 	bool claim = t->cfg.num("claim-legs", 0), clean = t->cfg.num("assume-clean", 0);
 	for (unsigned i = 0; i < m->n; i++) {
 		struct leg *l = &m->legs[i];
+		if (l->fd < 0) {
+			l->state = LEG_EMPTY;
+			continue;
+		}
 		layout(l, m->nr_chunks);
 		std::string why;
 		int ret = claim ? 0 : tail_is_free(l, data, &why);
 		if (ret < 0)
 			return refuse(t, i, why.empty() ? std::string("cannot be read: ") + strerror(-ret) : why, ret);
 		/* The first leg is the copy the others are made from (md's initial resync). */
-		bool copy = i > 0 && !clean;
+		bool copy = !first && !clean;
+		first = false;
 		l->state = copy ? LEG_RESYNC : LEG_IN_SYNC;
 		l->full = copy;
 	}
@@ -327,6 +335,10 @@ static int create(struct target *t, struct mirror *m, std::vector<found> &legs)
 static int place(struct target *t, struct mirror *m, unsigned i, const found &f, const struct disk_sb *fresh)
 {
 	struct leg *l = &m->legs[i];
+	if (l->fd < 0) {
+		l->state = LEG_EMPTY; /* resynced whole if it is given again */
+		return 0;
+	}
 	layout(l, m->nr_chunks);
 	if (!f.readable) {
 		l->state = LEG_FAILED;
@@ -414,6 +426,8 @@ int mirror_assemble(struct target *t, struct mirror *m)
 	for (unsigned i = 0; i < m->n; i++) {
 		struct leg *l = &m->legs[i];
 		l->fd = t->cfg.fds[i];
+		if (l->fd < 0)
+			continue; /* `--leg missing`: an empty slot */
 		int ret = leg_size(l->fd, &l->size);
 		if (ret < 0)
 			return refuse(t, i, std::string("cannot be sized: ") + strerror(-ret), ret);
@@ -656,7 +670,7 @@ int mirror_add_leg(struct mirror *m, int fd, bool block_discard, int replaces, s
 	for (unsigned i = 0; i < j; i++)
 		if (m->legs[i].replaces >= 0)
 			return (*why = "leg " + std::to_string(i + 1) + " is still replacing leg " + std::to_string(m->legs[i].replaces + 1) + " (mirror status shows it)", -EBUSY);
-	if (replaces >= 0 && (replaces >= (int)j || m->legs[replaces].state.load() == LEG_EMPTY))
+	if (replaces >= (int)j)
 		return (*why = "there is no leg " + std::to_string(replaces + 1) + " to replace", -EINVAL);
 	struct leg *l = &m->legs[j];
 	l->size = size;

@@ -125,6 +125,8 @@ std::string mirror_command(struct mirror *m, const std::string &cmd)
 		return ok(name + " is failed");
 	}
 	if (verb == "re-add") {
+		if (m->legs[i].fd.load() < 0)
+			return refused(name + " is missing: `replace --leg " + std::to_string(leg) + " --with PATH` fills its slot");
 		int ret = mirror_readd(m, i);
 		if (ret < 0)
 			return refused(name + (ret == -ENOSPC ? " is too small for this mirror" : " cannot be written: " + errno_text(-ret)));

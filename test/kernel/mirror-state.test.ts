@@ -270,8 +270,8 @@ describe('check', () => {
     expect(same(legs[0], legs[1], Number(info(dev.id).dataSize))).toBe('same');
   });
 
-  it('verbs refuse in one line: a leg out of range, failing the last in-sync leg, a device that is not a mirror', () => {
-    const { dev } = twoLegs('verbs');
+  it('verbs refuse in one line: a leg out of range, failing the last in-sync leg, a device that is not a mirror; a removed leg stays out across kill -9 + recover and del + add (--leg missing) until replace fills its slot', async () => {
+    const { legs, dev, size } = twoLegs('verbs');
     const id = String(dev.id);
     const refused = (...args: string[]) => {
       const r = cli('mirror', ...args);
@@ -286,5 +286,20 @@ describe('check', () => {
     expect(verb('remove', '-n', id, '--leg', '1').message).toBe('leg 1 is removed');
     expect(info(dev.id).legs).toBe('empty,in-sync');
     expect(refused('status', '-n', '99')).toMatch(/no running mirror device/);
+    // The record says `missing` for the removed leg: a later server does not take it back by itself.
+    sh(`head -c 1M /dev/urandom | dd of=${dev.blockDevice} bs=1M oflag=direct status=none`);
+    process.kill(listed(dev.id).pid, 'SIGKILL');
+    await waitFor('quiesced', () => stateOf(dev.id) !== 'live', 10_000);
+    cliJson('recover', '-n', id);
+    expect(info(dev.id)).toMatchObject({ file: `missing,${legs[1]}`, legs: 'empty,in-sync' });
+    expect(refused('re-add', '-n', id, '--leg', '1')).toMatch(/leg 1 is missing: `replace --leg 1 --with PATH` fills its slot/);
+    cliJson('del', '-n', id);
+    const again = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', 'missing', '--leg', legs[1], '--queues', '1');
+    expect(info(again.id)).toMatchObject({ file: `missing,${legs[1]}`, legs: 'empty,in-sync' });
+    expect(verb('replace', '-n', String(again.id), '--leg', '1', '--with', legs[0]).message).toBe("leg 3 is resyncing; it takes leg 1's place once in sync");
+    await legsAre(again.id, 'in-sync,in-sync');
+    expect(info(again.id).file).toBe(`${legs[0]},${legs[1]}`);
+    cliJson('del', '-n', String(again.id));
+    expect(same(legs[0], legs[1], size)).toBe('same');
   });
 });

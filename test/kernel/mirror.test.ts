@@ -171,6 +171,7 @@ describe('mirror refuses', () => {
       return r.stderr;
     };
     expect(refused(2)).toMatch(/at least one --leg/);
+    expect(refused(2, '--leg', 'missing', '--leg', 'missing')).toMatch(/every --leg is missing/);
     expect(refused(2, '--leg', `${dir}/nope.img`)).toMatch(/--leg .*nope.img does not exist/);
     expect(refused(2, '--leg', `${dir}/a.img`, '--leg', `${dir}/link.img`)).toMatch(/same file as --leg/);
     for (const pair of [['a', 'c'], ['x', 'y']]) {

@@ -551,6 +551,30 @@ TEST(mirror_a_check_that_saw_user_io_goes_at_the_floor_and_says_so)
 	CHECK_CONTAINS(s, "\"checkYielding\":true");
 }
 
+TEST(mirror_a_missing_leg_is_an_empty_slot_that_gets_no_io_and_replace_fills_it)
+{
+	std::vector<int> fds = {memory_leg(), memory_leg()};
+	{
+		legs_rig h("mirror", 2, {}, fds);
+	}
+	int fresh = memory_leg();
+	{
+		legs_rig h("mirror", 2, {}, {fds[0], -1});
+		CHECK_CONTAINS(h.status(), "\"legs\":\"in-sync,empty\"");
+		h.request(0, W, 0, 4096);
+		CHECK_EQ(h.legs_of(0), 0b01);
+		h.answer_members(0);
+		CHECK_EQ(h.result(0), 4096);
+		CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "re-add 2"), "leg 2 is missing");
+		CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "replace 2 " + std::to_string(fresh) + " 0"), "\"ok\":true");
+		for (int i = 0; i < 1000 && h.status().find("\"legs\":\"in-sync,in-sync\"") == std::string::npos; i++)
+			usleep(1000);
+		CHECK_CONTAINS(h.status(), "\"legs\":\"in-sync,in-sync\"");
+	}
+	for (int fd : {fds[0], fds[1], fresh})
+		close(fd);
+}
+
 TEST(mirror_an_added_legs_file_is_in_the_ring_before_its_first_member)
 {
 	legs_rig h("mirror", 2);
