@@ -534,19 +534,26 @@ TEST(mirror_a_replace_stopped_before_its_end_goes_on_under_the_next_mirror_over_
 		close(fd);
 }
 
+/* A read, then `cmd` (which starts the sync thread's work): the status once it moved past `unmoved` and
+ * had time to go on, were it not held back. */
+static std::string after_user_io(legs_rig &h, const std::string &cmd, const char *unmoved)
+{
+	h.request(0, R, 0, 4096);
+	h.answer_members(0);
+	CHECK_EQ(h.result(0), 4096);
+	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, cmd), "\"ok\":true");
+	for (int i = 0; i < 1000 && h.status().find(unmoved) != std::string::npos; i++)
+		usleep(1000);
+	usleep(100000);
+	return h.status();
+}
+
 TEST(mirror_a_check_that_saw_user_io_goes_at_the_floor_and_says_so)
 {
 	/* As the resync: after one chunk the check waits (until the stop); with no user IO it would compare
 	 * all 16 chunks at once. */
 	legs_rig h("mirror", 2, {{"resync-min-rate", 1}});
-	h.request(0, R, 0, 4096);
-	h.answer_members(0);
-	CHECK_EQ(h.result(0), 4096);
-	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "check"), "\"ok\":true");
-	for (int i = 0; i < 1000 && h.status().find("\"checkPercent\":0,") != std::string::npos; i++)
-		usleep(1000);
-	usleep(100000);
-	std::string s = h.status();
+	std::string s = after_user_io(h, "check", "\"checkPercent\":0,");
 	CHECK_CONTAINS(s, "\"check\":\"running\",\"checkPercent\":6,");
 	CHECK_CONTAINS(s, "\"checkYielding\":true");
 }
@@ -632,14 +639,7 @@ TEST(mirror_a_resync_that_saw_user_io_goes_at_the_floor_and_says_so)
 		/* A floor of 1 byte/s: once it has seen user IO, the resync waits (until the stop) after one chunk;
 		 * with none, it would copy all 16 chunks at once. */
 		legs_rig h("mirror", 2, {{"resync-min-rate", 1}});
-		h.request(0, R, 0, 4096);
-		h.answer_members(0);
-		CHECK_EQ(h.result(0), 4096);
-		CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "add-leg " + std::to_string(fd) + " 0"), "\"ok\":true");
-		for (int i = 0; i < 1000 && h.status().find("\"resyncCopied\":0,") != std::string::npos; i++)
-			usleep(1000);
-		usleep(100000);
-		std::string s = h.status();
+		std::string s = after_user_io(h, "add-leg " + std::to_string(fd) + " 0", "\"resyncCopied\":0,");
 		CHECK_CONTAINS(s, "\"legs\":\"in-sync,in-sync,resyncing\"");
 		CHECK_CONTAINS(s, "\"resyncCopied\":65536,");
 		CHECK_CONTAINS(s, "\"resyncYielding\":true");
