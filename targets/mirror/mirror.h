@@ -1,7 +1,7 @@
 /*
  * mirror: the state one mirror shares between its queue threads, its sync thread and JavaScript.
  *
- * What must outlive the server lives on the legs (meta.cc): each leg ends with a superblock (the array's
+ * What must outlive the server lives on the legs (meta.h): each leg ends with a superblock (the array's
  * uuid, an event counter, every leg's state and resync position) and a write-intent bitmap (one bit per
  * chunk: set and durable before the first write to a clean chunk, cleared lazily once every leg has it).
  * Reads go to in-sync legs only; writes to in-sync and resyncing legs; the sync thread (sync.cc) copies
@@ -200,9 +200,6 @@ static inline uint64_t chunk_bytes(const struct mirror *m)
 enum { LEG_READ, LEG_WRITE, LEG_WRITE_DSYNC };
 /* A whole transfer to or from a leg outside the rings (pread/pwrite); a short one is -EIO. */
 int leg_io(int fd, void *buf, size_t len, uint64_t off, int how);
-/* Reads the legs' superblocks and settles the array (a new one, or the legs' own, with the freshest
- * legs winning); writes the superblocks back, marked in use. 0 or -errno with t->error set. */
-int mirror_assemble(struct target *t, struct mirror *m);
 /* Under m->lock: bumps the event counter and writes every writable leg's superblock. A leg whose write
  * fails is marked failed (unless it is the last in-sync one). */
 void meta_write_sb_locked(struct mirror *m, bool clean);
@@ -226,6 +223,13 @@ bool mirror_fail_leg(struct mirror *m, unsigned i, uint8_t op, uint64_t off, int
 void mirror_drop_leg_locked(struct mirror *m, unsigned i, uint8_t op, uint64_t off, int err);
 /* The clean stop: superblocks marked clean. */
 void mirror_close(struct mirror *m);
+
+/* assemble.cc */
+/* Reads the legs' superblocks and settles the array (a new one, or the legs' own, with the freshest
+ * legs winning); writes the superblocks back, marked in use. 0 or -errno with t->error set. */
+int mirror_assemble(struct target *t, struct mirror *m);
+
+/* reshape.cc */
 /* A failed or removed leg takes writes again and is resynced: from the bitmap if its own superblock is
  * recent enough, else whole. 0 or -errno. */
 int mirror_readd(struct mirror *m, unsigned i);
