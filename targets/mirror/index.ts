@@ -1,6 +1,6 @@
 // mirror: RAID1 over files or block devices (`--leg`, two or more as a rule; one is allowed, to serve what
 // survives of a mirror). Each leg ends with the mirror's metadata (a superblock and a write-intent bitmap:
-// mirror.h, meta.cc), so the device is that much smaller than its smallest leg. The native side reads it
+// mirror.h, meta.h), so the device is that much smaller than its smallest leg. The native side reads it
 // when it starts and decides which legs are in sync; `list` shows each leg's state in info.legs.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -211,7 +211,7 @@ const spec: TargetSpec = {
         afterStart: (status) => ({ size: Number(status.dataSize), params }),
         prepare: (command) => prepare(command, opts, legs, params),
         // Every leg in sync holds the new size (a file leg grows), the metadata moves to each leg's end
-        // (meta.cc): the legs, not the options, carry the size to a later server.
+        // (reshape.cc): the legs, not the options, carry the size to a later server.
         resize: async (to, _status, native) => {
           await native(`grow ${to}`);
           return undefined;
