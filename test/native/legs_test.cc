@@ -582,6 +582,16 @@ TEST(mirror_a_missing_leg_is_an_empty_slot_that_gets_no_io_and_replace_fills_it)
 		close(fd);
 }
 
+TEST(mirror_a_new_mirror_with_a_missing_leg_starts_degraded_from_the_leg_it_has)
+{
+	int fd = memory_leg();
+	{
+		legs_rig h("mirror", 2, {{"assume-clean", 0}}, {-1, fd});
+		CHECK_CONTAINS(h.status(), "\"mirror\":\"degraded\",\"legs\":\"empty,in-sync\"");
+	}
+	close(fd);
+}
+
 TEST(mirror_an_added_legs_file_is_in_the_ring_before_its_first_member)
 {
 	legs_rig h("mirror", 2);
