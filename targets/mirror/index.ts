@@ -7,7 +7,7 @@ import path from 'node:path';
 import type { OpenedTarget, TargetSpec, TargetVerb } from '../../src/target.js';
 import { UserError } from '../../src/errors.js';
 import { parseSize } from '../../src/size.js';
-import { closeLegs, legFileOptions, legIdentity, legInfo, legOption, legParams, MAX_LEGS, openLeg, openLegs, type Leg } from './legs.js';
+import { closeLegs, legFileOptions, legIdentity, legInfo, legOption, legOptions, legParams, MAX_LEGS, openLeg, openLegs, type Leg } from './legs.js';
 
 /** `--leg missing`: an empty slot. */
 const MISSING = 'missing';
@@ -194,7 +194,7 @@ const spec: TargetSpec = {
       // Each slot's leg, or undefined where it is missing.
       const bySlot = slotted(slots, legs);
       const options = {
-        'block-discard': bySlot.reduce((bits, l, i) => bits | (l?.opened.options?.['block-discard'] ? 1 << i : 0), 0),
+        ...legOptions(bySlot),
         lbs: 2 ** (params.logicalBsShift ?? 9),
         'bitmap-chunk-shift': chunkShift(opts['bitmap-chunk'], Math.min(...legs.map((l) => l.opened.size))),
         'assume-clean': opts['assume-clean'] === true ? 1 : 0,

@@ -123,9 +123,10 @@ export function legParams(legs: Leg[]): OpenedTarget['params'] {
   };
 }
 
-/** For the native side: the legs that discard with a block discard (bit i: leg i), as the file target's own. */
-export function legOptions(legs: Leg[]): TargetOptions {
-  return { 'block-discard': legs.reduce((bits, l, i) => bits | (l.opened.options?.['block-discard'] ? 1 << i : 0), 0) };
+/** For the native side: the legs that discard with a block discard (bit i: leg i, or slot i where a mirror's
+ * slot has no leg), as the file target's own. */
+export function legOptions(legs: readonly (Leg | undefined)[]): TargetOptions {
+  return { 'block-discard': legs.reduce((bits, l, i) => bits | (l?.opened.options?.['block-discard'] ? 1 << i : 0), 0) };
 }
 
 /** For `list`: the legs in order (the BACKING column), and whether every one is O_DIRECT. */
