@@ -95,6 +95,7 @@ void bitmap_write(struct tq *tq, struct mirror *m, struct bitmap_q *bq, const ui
 		std::lock_guard<std::mutex> g(m->lock);
 		m->meta_error = true;
 		m->bm_writer = -1;
+		m->bm_idle.notify_all();
 	}
 }
 
@@ -116,6 +117,7 @@ static void bitmap_written(struct mirror *m, struct bitmap_q *bq)
 			for (unsigned k = 0; k < bq->nr_blocks; k++)
 				meta_bitmap_written_locked(m, bq->blocks[k], bq->buf + k * 4096);
 		m->bm_writer = -1;
+		m->bm_idle.notify_all();
 		for (size_t q = 0; q < m->bm_waiting.size(); q++)
 			if (m->bm_waiting[q]) {
 				m->bm_waiting[q] = 0;

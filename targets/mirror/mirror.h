@@ -187,6 +187,7 @@ struct mirror {
 	 * which queues wait for it to end, and each queue's wake-up eventfd (owned here, so a late wake
 	 * never writes to an fd a stopping queue has closed). */
 	int bm_writer = -1;
+	std::condition_variable bm_idle;    /* bm_writer became -1 (a resize waits for it) */
 	std::vector<uint8_t> bm_waiting;
 	std::vector<int> wake_fds;
 };

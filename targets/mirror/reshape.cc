@@ -37,76 +37,117 @@ static int zero_range(int fd, uint64_t off, uint64_t len)
 	return 0;
 }
 
-int mirror_grow(struct mirror *m, uint64_t size, std::string *why)
+static int zero_between(int fd, uint64_t from, uint64_t to)
 {
-	std::unique_lock<std::mutex> g(m->lock);
-	/* A queue's bitmap write in flight goes where the bitmap was: let it land first (a new one waits for
-	 * the lock, and then sees the new place). */
-	while (m->bm_writer >= 0) {
-		g.unlock();
-		usleep(1000);
-		g.lock();
-	}
+	return to > from ? zero_range(fd, from, to - from) : 0;
+}
+
+/* Why the mirror cannot grow to size now ("" if it can), under lock. */
+static std::string grow_refusal(struct mirror *m, uint64_t size)
+{
 	uint64_t old = m->data_size;
-	if (size == old)
-		return 0;
 	if (size < old)
-		return (*why = "a mirror does not shrink (it holds " + std::to_string(old) + " bytes)", -EINVAL);
+		return "a mirror does not shrink (it holds " + std::to_string(old) + " bytes)";
 	if (m->scrub.running.load())
-		return (*why = "a check is running: resize once it ends (mirror status)", -EBUSY);
-	unsigned n = m->n;
-	for (unsigned i = 0; i < n; i++) {
+		return "a check is running: resize once it ends (mirror status)";
+	for (unsigned i = 0; i < m->n; i++) {
 		uint8_t s = m->legs[i].state.load();
 		if (s != LEG_IN_SYNC && s != LEG_EMPTY)
-			return (*why = "leg " + std::to_string(i + 1) + " is " + (s == LEG_FAILED ? "failed" : "resyncing") +
-				       ": resize once every leg is in sync (replace or remove a failed one)", -EBUSY);
+			return "leg " + std::to_string(i + 1) + " is " + (s == LEG_FAILED ? "failed" : "resyncing") +
+			       ": resize once every leg is in sync (replace or remove a failed one)";
 	}
 	uint64_t chunks = (size + chunk_bytes(m) - 1) >> m->chunk_shift;
 	if (chunks > m->chunks.cap)
-		return (*why = "a running mirror grows to at most " + std::to_string(m->chunks.cap << m->chunk_shift) +
-			       " bytes: recover it (a new server) to grow it further", -ENOSPC);
-	uint64_t need = round_up(size, META_ALIGN) + bitmap_bytes(chunks) + SB_BYTES;
-	uint64_t sizes[MAX_LEGS] = {};
-	for (unsigned i = 0; i < n; i++) {
-		struct leg *l = &m->legs[i];
-		struct stat st;
-		if (l->state.load() == LEG_EMPTY)
-			continue;
-		int ret = fstat(l->fd, &st) < 0 ? -errno : leg_size(l->fd, &sizes[i]);
-		if (ret < 0)
-			return (*why = "leg " + std::to_string(i + 1) + " cannot be sized: " + strerror(-ret), ret);
-		if (sizes[i] < need && !S_ISREG(st.st_mode))
-			return (*why = "leg " + std::to_string(i + 1) + " holds " + std::to_string(sizes[i]) + " bytes; " +
-				       std::to_string(size) + " bytes of data and the metadata need " + std::to_string(need) +
-				       ": grow it first", -ENOSPC);
+		return "a running mirror grows to at most " + std::to_string(m->chunks.cap << m->chunk_shift) +
+		       " bytes: recover it (a new server) to grow it further";
+	return "";
+}
+
+/* A leg as the grow found it: its size now, and where its metadata was (the only bytes of [old, size)
+ * that queues may write while the rest is zeroed without the lock). */
+struct grow_leg {
+	bool file;
+	uint64_t size, meta_from, meta_end;
+};
+
+int mirror_grow(struct mirror *m, uint64_t size, std::string *why)
+{
+	uint64_t old, need;
+	struct grow_leg g[MAX_LEGS] = {};
+	{
+		std::lock_guard<std::mutex> lk(m->lock);
+		old = m->data_size;
+		if (size == old)
+			return 0;
+		if (!(*why = grow_refusal(m, size)).empty())
+			return -EINVAL;
+		need = round_up(size, META_ALIGN) + bitmap_bytes((size + chunk_bytes(m) - 1) >> m->chunk_shift) + SB_BYTES;
+		for (unsigned i = 0; i < m->n; i++) {
+			struct leg *l = &m->legs[i];
+			struct stat st;
+			if (l->state.load() == LEG_EMPTY)
+				continue;
+			int ret = fstat(l->fd, &st) < 0 ? -errno : leg_size(l->fd, &g[i].size);
+			if (ret < 0)
+				return (*why = "leg " + std::to_string(i + 1) + " cannot be sized: " + strerror(-ret), ret);
+			g[i].file = S_ISREG(st.st_mode);
+			if (g[i].size < need && !g[i].file)
+				return (*why = "leg " + std::to_string(i + 1) + " holds " + std::to_string(g[i].size) + " bytes; " +
+					       std::to_string(size) + " bytes of data and the metadata need " + std::to_string(need) +
+					       ": grow it first", -ENOSPC);
+			g[i].meta_from = l->bitmap_off;
+			g[i].meta_end = l->sb_off + SB_BYTES;
+		}
 	}
-	/* The bytes added are the same on every leg (what was there, the old metadata among it, is not). */
-	for (unsigned i = 0; i < n; i++) {
+	/* The bytes added are the same on every leg (what was there, the old metadata among it, is not). A
+	 * large zeroing (a block device's) runs here, without the lock, so a queue that fails a leg meanwhile
+	 * does not wait for it; a file that grows below gets a hole there anyway. */
+	for (unsigned i = 0; i < m->n; i++) {
+		if (!g[i].size || g[i].size < need)
+			continue;
+		int fd = m->legs[i].fd.load();
+		int ret = zero_between(fd, old, std::min(size, g[i].meta_from));
+		if (ret == 0)
+			ret = zero_between(fd, std::max(old, g[i].meta_end), size);
+		if (ret < 0)
+			return (*why = "leg " + std::to_string(i + 1) + " cannot be grown: " + strerror(-ret), ret);
+	}
+	std::unique_lock<std::mutex> lk(m->lock);
+	/* A queue's bitmap write in flight goes where the bitmap was: let it land first (a new one waits for
+	 * the lock, and then sees the new place). */
+	m->bm_idle.wait(lk, [m] { return m->bm_writer < 0; });
+	bool same = m->data_size == old && grow_refusal(m, size).empty();
+	for (unsigned i = 0; i < m->n && same; i++)
+		same = m->legs[i].state.load() == LEG_EMPTY ? !g[i].size : m->legs[i].bitmap_off == g[i].meta_from;
+	if (!same)
+		return (*why = "the mirror changed while it grew (a leg failed, or another resize): resize again", -EAGAIN);
+	for (unsigned i = 0; i < m->n; i++) {
 		struct leg *l = &m->legs[i];
-		if (l->state.load() == LEG_EMPTY)
+		if (!g[i].size)
 			continue;
 		int ret = 0;
-		if (sizes[i] < need) {
-			ret = ftruncate(l->fd, (off_t)need) < 0 ? -errno : 0;
-			sizes[i] = need;
+		if (g[i].size < need) {
+			ret = ftruncate(l->fd, (off_t)need) < 0 ? -errno : zero_range(l->fd, old, size - old);
+			g[i].size = need;
+		} else {
+			ret = zero_between(l->fd, std::max(old, g[i].meta_from), std::min(size, g[i].meta_end));
 		}
-		if (ret == 0)
-			ret = zero_range(l->fd, old, size - old);
 		if (ret == 0 && fdatasync(l->fd) < 0)
 			ret = -errno;
 		if (ret < 0)
 			return (*why = "leg " + std::to_string(i + 1) + " cannot be grown: " + strerror(-ret), ret);
 	}
+	uint64_t chunks = (size + chunk_bytes(m) - 1) >> m->chunk_shift;
 	int ret = m->chunks.grow(chunks);
 	if (ret == 0)
 		ret = m->idle.grow(chunks);
 	if (ret < 0)
 		return (*why = std::string("the bitmap cannot grow: ") + strerror(-ret), ret);
-	for (unsigned i = 0; i < n; i++) {
+	for (unsigned i = 0; i < m->n; i++) {
 		struct leg *l = &m->legs[i];
-		if (l->state.load() == LEG_EMPTY)
+		if (!g[i].size)
 			continue;
-		l->size = sizes[i];
+		l->size = g[i].size;
 		layout(l, chunks);
 	}
 	m->nr_chunks = chunks;

@@ -36,8 +36,8 @@ function dmTable(name: string, table: string): void {
   sh(`printf '${table}' | dmsetup load --noudevsync ${name} && dmsetup resume --noudevsync ${name}`);
 }
 
-/** P2: 8 MiB that fio writes with checksums and later verifies (--verify_only), 16k at a time. */
-const p2 = (dev: string) => `--output-format=json --name=p2 --filename=${dev} --rw=write --bs=16k --size=8M --direct=1 --iodepth=16 --ioengine=io_uring --verify=crc32c --verify_fatal=1 --verify_state_save=0`;
+/** P2: 4 MiB that fio writes with checksums and later verifies (--verify_only), 16k at a time. */
+const p2 = (dev: string) => `--output-format=json --name=p2 --filename=${dev} --rw=write --bs=16k --size=4M --direct=1 --iodepth=16 --ioengine=io_uring --verify=crc32c --verify_fatal=1 --verify_state_save=0`;
 
 type Boundary = 'kill -9 + recover' | '--restart' | 'del + add' | 'down + up';
 
@@ -45,12 +45,12 @@ describe.each<Boundary>(['kill -9 + recover', '--restart', 'del + add', 'down + 
   it('is resyncing, never read before it is in sync: every read returns P2, the legs end identical', async () => {
     const dir = scratch(`stale-${boundary.replace(/\W+/g, '')}`);
     const a = path.join(dir, 'a.img');
-    sh(`truncate -s 32M ${a} ${dir}/b.img && head -c 8M /dev/urandom > ${dir}/p1`);
+    sh(`truncate -s 32M ${a} ${dir}/b.img && head -c 4M /dev/urandom > ${dir}/p1`);
     const dm = 'ublk-ts-stale';
     const linear = (loop: string) => `0 65536 linear ${loop} 0\\n`;
     const b = dmDevice(dm, `${dir}/b.img`, linear);
     const loop = sh(`dmsetup table ${dm}`).trim().split(/\s+/)[3];
-    // Slow enough that the resync of 8 MiB is still running when the boundary is crossed and checked.
+    // Slow enough that the resync of 4 MiB is still running when the boundary is crossed and checked.
     const opts = { target: 'mirror', leg: [a, b], 'assume-clean': true, 'resync-rate': 1, queues: 2 };
     const conf = path.join(dir, 'devices.json');
     fs.writeFileSync(conf, JSON.stringify({ devices: { stale: opts } }));
@@ -83,10 +83,10 @@ describe.each<Boundary>(['kill -9 + recover', '--restart', 'del + add', 'down + 
     // Reads spread over in-sync legs only: any read from leg 2 would find P1 where P2 belongs.
     const during = fioJob(sh(`fio ${p2(`/dev/ublkb${id}`)} --verify_only`));
     expect(during.error).toBe(0);
-    expect(during.read.io_bytes).toBe(8 << 20);
+    expect(during.read.io_bytes).toBe(4 << 20);
     expect(info(id).legs).toBe('in-sync,resyncing'); // the verify ran while leg 2 was still stale
     await legsAre(id, 'in-sync,in-sync');
-    expect(Number(info(id).resyncCopied)).toBeGreaterThanOrEqual(8 << 20);
+    expect(Number(info(id).resyncCopied)).toBeGreaterThanOrEqual(4 << 20);
     expect(fioJob(sh(`fio ${p2(`/dev/ublkb${id}`)} --verify_only`)).error).toBe(0);
     const size = Number(info(id).dataSize);
     if (boundary === 'down + up') cliJson('down', 'stale', '--config', conf);

@@ -222,21 +222,21 @@ describe('resize', () => {
 
     // A block device leg (a loop device) must grow first: the refusal says how large.
     const c = path.join(dir, 'c.img');
-    sh(`truncate -s ${legBytes(32)} ${c}`);
-    const d = loopDevice(path.join(dir, 'd.img'), String(legBytes(32)), 512);
+    sh(`truncate -s ${legBytes(16)} ${c}`);
+    const d = loopDevice(path.join(dir, 'd.img'), String(legBytes(16)), 512);
     const blk = add(c, d);
-    sh(`head -c 32M /dev/urandom > ${dir}/r && dd if=${dir}/r of=${blk.blockDevice} bs=1M oflag=direct status=none`);
-    expect(failedInOneLine(cli('resize', '-n', String(blk.id), '--size', '64M'))).toMatch(new RegExp(`leg 2 holds ${legBytes(32)} bytes; .*: grow it first`));
-    sh(`truncate -s ${legBytes(64)} ${dir}/d.img && losetup -c ${d}`);
-    expect(cli('resize', '-n', String(blk.id), '--size', '64M').status).toBe(0);
+    sh(`head -c 16M /dev/urandom > ${dir}/r && dd if=${dir}/r of=${blk.blockDevice} bs=1M oflag=direct status=none`);
+    expect(failedInOneLine(cli('resize', '-n', String(blk.id), '--size', '32M'))).toMatch(new RegExp(`leg 2 holds ${legBytes(16)} bytes; .*: grow it first`));
+    sh(`truncate -s ${legBytes(32)} ${dir}/d.img && losetup -c ${d}`);
+    expect(cli('resize', '-n', String(blk.id), '--size', '32M').status).toBe(0);
     // The bytes added read as zero (the old metadata was there on each leg), and take writes.
-    expect(sh(`cmp -n 32M -i 32M ${blk.blockDevice} /dev/zero && echo zero`).trim()).toBe('zero');
-    sh(`dd if=${dir}/r of=${blk.blockDevice} bs=1M seek=32 oflag=direct status=none`);
+    expect(sh(`cmp -n 16M -i 16M ${blk.blockDevice} /dev/zero && echo zero`).trim()).toBe('zero');
+    sh(`dd if=${dir}/r of=${blk.blockDevice} bs=1M seek=16 oflag=direct status=none`);
     expect(cli('del', '-n', String(blk.id)).status).toBe(0);
     const blk2 = add(c, d);
-    expect(blk2.size).toBe(64 << 20);
-    expect(sh(`cmp -n 32M ${blk2.blockDevice} ${dir}/r && cmp -n 32M -i 0:32M ${dir}/r ${blk2.blockDevice} && echo kept`).trim()).toBe('kept');
+    expect(blk2.size).toBe(32 << 20);
+    expect(sh(`cmp -n 16M ${blk2.blockDevice} ${dir}/r && cmp -n 16M -i 0:16M ${dir}/r ${blk2.blockDevice} && echo kept`).trim()).toBe('kept');
     expect(cli('del', '-n', String(blk2.id)).status).toBe(0);
-    expect(sh(`cmp -n ${64 << 20} ${c} ${d} && echo same`).trim()).toBe('same');
+    expect(sh(`cmp -n ${32 << 20} ${c} ${d} && echo same`).trim()).toBe('same');
   });
 });

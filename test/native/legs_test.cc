@@ -6,6 +6,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "harness.h"
 #include "../../targets/mirror/mirror.h"
 
@@ -510,10 +512,22 @@ TEST(mirror_grows_in_place_with_its_metadata_at_the_legs_new_end_and_the_bytes_a
 		}
 		h.answer_members(0);
 		CHECK_EQ(h.result(0), 4096);
+		/* Legs that grew by themselves, with bytes of their own (as a block device does): the bytes added
+		 * read zero, on legs that keep their size. */
+		std::vector<uint8_t> theirs(LEG_BYTES, 0xff);
+		for (int fd : fds)
+			CHECK_EQ(pwrite(fd, theirs.data(), theirs.size(), (off_t)(grown + 8192)), (ssize_t)theirs.size());
+		CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "grow " + std::to_string(grown + LEG_BYTES)), "\"ok\":true");
+		for (int fd : fds) {
+			CHECK_EQ((uint64_t)lseek(fd, 0, SEEK_END), grown + LEG_BYTES + 8192);
+			std::vector<uint8_t> added(LEG_BYTES);
+			CHECK_EQ(pread(fd, added.data(), added.size(), (off_t)grown), (ssize_t)added.size());
+			CHECK_EQ(std::count(added.begin(), added.end(), 0), (long)LEG_BYTES);
+		}
 	}
 	/* The next mirror over the same legs finds its superblocks at their new end: the new size, in sync. */
 	legs_rig again("mirror", 2, {}, fds);
-	CHECK_CONTAINS(again.status(), "\"dataSize\":" + std::to_string(grown) + ",");
+	CHECK_CONTAINS(again.status(), "\"dataSize\":" + std::to_string(grown + LEG_BYTES) + ",");
 	CHECK_CONTAINS(again.status(), "\"legs\":\"in-sync,in-sync\"");
 	for (int fd : fds)
 		close(fd);
