@@ -101,15 +101,12 @@ static void mirror_queue_deinit(struct tq *tq)
 	tq->priv = nullptr;
 }
 
-/* The first leg of mask at or after `from` (wrapping); the mask is never empty. */
+/* The first leg of mask at or after `from` (wrapping), 0 if none. On every read: bit arithmetic, not a
+ * walk over the slots. */
 static unsigned leg_from(uint32_t mask, unsigned from)
 {
-	for (unsigned k = 0; k < MAX_LEGS; k++) {
-		unsigned i = (from + k) % MAX_LEGS;
-		if (mask & (1u << i))
-			return i;
-	}
-	return 0;
+	uint32_t after = from < 32 ? mask & ~((1u << from) - 1) : 0;
+	return after ? (unsigned)__builtin_ctz(after) : mask ? (unsigned)__builtin_ctz(mask) : 0;
 }
 
 /* After a mask was read: a leg in it may be new to this ring (add-leg, replace). The masks are published

@@ -50,11 +50,11 @@ describe.each<Boundary>(['kill -9 + recover', '--restart', 'del + add', 'down + 
     const linear = (loop: string) => `0 65536 linear ${loop} 0\\n`;
     const b = dmDevice(dm, `${dir}/b.img`, linear);
     const loop = sh(`dmsetup table ${dm}`).trim().split(/\s+/)[3];
-    // Slow enough that the resync of 4 MiB is still running when the boundary is crossed and checked.
-    const opts = { target: 'mirror', leg: [a, b], 'assume-clean': true, 'resync-rate': 1, queues: 2 };
+    // Slow enough (8 s) that the resync of 4 MiB is still running when the boundary is crossed and checked.
+    const opts = { target: 'mirror', leg: [a, b], 'assume-clean': true, 'resync-rate': 0.5, queues: 2 };
     const conf = path.join(dir, 'devices.json');
     fs.writeFileSync(conf, JSON.stringify({ devices: { stale: opts } }));
-    const add = () => cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', a, '--leg', b, '--assume-clean', '--resync-rate', '1', '--queues', '2', ...(boundary === '--restart' ? ['--restart', '2'] : []));
+    const add = () => cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', a, '--leg', b, '--assume-clean', '--resync-rate', '0.5', '--queues', '2', ...(boundary === '--restart' ? ['--restart', '2'] : []));
     const up = () => cliJson<{ devices: Outcome[] }>('up', 'stale', '--config', conf).devices[0].id!;
     let id = boundary === 'down + up' ? up() : add().id;
     const dev = `/dev/ublkb${id}`;
