@@ -72,11 +72,13 @@ static inline void layout(struct leg *l, uint64_t nr_chunks)
 	l->bitmap_off = l->sb_off - bitmap_bytes(nr_chunks);
 }
 
-static inline int leg_size(int fd, uint64_t *size)
+static inline int leg_size(int fd, uint64_t *size, bool *regular = nullptr)
 {
 	struct stat st;
 	if (fstat(fd, &st) < 0)
 		return -errno;
+	if (regular)
+		*regular = S_ISREG(st.st_mode);
 	if (S_ISBLK(st.st_mode))
 		return ioctl(fd, BLKGETSIZE64, size) < 0 ? -errno : 0;
 	*size = (uint64_t)st.st_size;

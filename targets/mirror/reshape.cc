@@ -68,6 +68,12 @@ static std::string grow_refusal(struct mirror *m, uint64_t size)
 struct grow_leg {
 	bool file;
 	uint64_t size, meta_from, meta_end;
+	int fd = -1; /* a dup: a replace may close the leg's own while the lock is not held */
+	~grow_leg()
+	{
+		if (fd >= 0)
+			close(fd);
+	}
 };
 
 int mirror_grow(struct mirror *m, uint64_t size, std::string *why)
@@ -84,19 +90,21 @@ int mirror_grow(struct mirror *m, uint64_t size, std::string *why)
 		need = round_up(size, META_ALIGN) + bitmap_bytes((size + chunk_bytes(m) - 1) >> m->chunk_shift) + SB_BYTES;
 		for (unsigned i = 0; i < m->n; i++) {
 			struct leg *l = &m->legs[i];
-			struct stat st;
 			if (l->state.load() == LEG_EMPTY)
 				continue;
-			int ret = fstat(l->fd, &st) < 0 ? -errno : leg_size(l->fd, &g[i].size);
+			int ret = leg_size(l->fd, &g[i].size, &g[i].file);
 			if (ret < 0)
 				return (*why = "leg " + std::to_string(i + 1) + " cannot be sized: " + strerror(-ret), ret);
-			g[i].file = S_ISREG(st.st_mode);
 			if (g[i].size < need && !g[i].file)
 				return (*why = "leg " + std::to_string(i + 1) + " holds " + std::to_string(g[i].size) + " bytes; " +
 					       std::to_string(size) + " bytes of data and the metadata need " + std::to_string(need) +
 					       ": grow it first", -ENOSPC);
 			g[i].meta_from = l->bitmap_off;
 			g[i].meta_end = l->sb_off + SB_BYTES;
+			if ((g[i].fd = fcntl(l->fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+				int err = errno;
+				return (*why = std::string("cannot grow: ") + strerror(err), -err);
+			}
 		}
 	}
 	/* The bytes added are the same on every leg (what was there, the old metadata among it, is not). A
@@ -105,10 +113,9 @@ int mirror_grow(struct mirror *m, uint64_t size, std::string *why)
 	for (unsigned i = 0; i < m->n; i++) {
 		if (!g[i].size || g[i].size < need)
 			continue;
-		int fd = m->legs[i].fd.load();
-		int ret = zero_between(fd, old, std::min(size, g[i].meta_from));
+		int ret = zero_between(g[i].fd, old, std::min(size, g[i].meta_from));
 		if (ret == 0)
-			ret = zero_between(fd, std::max(old, g[i].meta_end), size);
+			ret = zero_between(g[i].fd, std::max(old, g[i].meta_end), size);
 		if (ret < 0)
 			return (*why = "leg " + std::to_string(i + 1) + " cannot be grown: " + strerror(-ret), ret);
 	}
