@@ -8,6 +8,10 @@ export default {
     testTimeout: 900_000,
     hookTimeout: 300_000,
     fileParallelism: false,
+    // One worker for every file, its modules kept: a new worker and fresh imports per file cost about 3 s
+    // each under TCG.
+    isolate: false,
+    poolOptions: { forks: { singleFork: true } },
     reporters: ['verbose'],
   },
 };
