@@ -86,8 +86,8 @@ losetup -d "${legs[@]}"
 rm -f /tmp/asan-leg0.img /tmp/asan-leg1.img
 echo "asan-check: mirror and stripe discarded block-device legs, and a delete under discard load"
 # mirror's sync thread beside the queues: an initial resync under verify, a leg failed and re-added
-# (bitmap resync), a scrub with repair, a replace and an added leg (new files in the rings), a resize under
-# load, a delete under load.
+# (bitmap resync), a scrub with repair, a replace and an added leg (new files in the rings) whose resync
+# gets new rates, a resize under load, a delete under load.
 truncate -s 64M /tmp/asan-m0.img /tmp/asan-m1.img
 id=$(add_id --target mirror --leg /tmp/asan-m0.img --leg /tmp/asan-m1.img --queues 2 --resync-rate 16)
 verify $id 32M
@@ -101,7 +101,9 @@ ublk mirror replace -n $id --leg 1 --with /tmp/asan-m2.img >/dev/null
 verify $id 16M
 mirror_clean $id # one new leg at a time: the replace ends first
 ublk mirror add-leg -n $id --with /tmp/asan-m3.img >/dev/null
+ublk mirror rate -n $id --resync-rate 4 --resync-min-rate 1 >/dev/null # the pacing resync takes new rates
 verify $id 16M
+ublk mirror rate -n $id --resync-rate 0 >/dev/null
 # resize under load: the legs and the bitmap's table grow while the queues use it
 mirror_clean $id
 fio --name=load --filename=/dev/ublkb$id --ioengine=io_uring --direct=1 --rw=randrw --bs=4k --iodepth=32 --size=32M --time_based --runtime=6 >/dev/null 2>&1 &
@@ -112,7 +114,7 @@ wait $load
 verify $id 80M
 del_under_load $id
 rm -f /tmp/asan-m[0-3].img
-echo "asan-check: mirror resynced, re-added, scrubbed, replaced, given a leg, resized and deleted under load"
+echo "asan-check: mirror resynced, re-added, scrubbed, replaced, given a leg (its resync re-rated), resized and deleted under load"
 # The bridge: the queue threads copy into and out of JavaScript's tag buffers (memory), and a routing
 # target's writes are copied in by JavaScript (overlay).
 id=$(add_id --target memory --size 128M --queues 2)

@@ -80,6 +80,19 @@ const verbs: Record<string, TargetVerb> = {
     options: withOption,
     command: (a) => `replace ${legNumber(a)} ${newLeg(a)}`,
   },
+  rate: {
+    describe: "the resync's and the check's --resync-rate (0: no cap) and --resync-min-rate from now on, kept for a later server",
+    options: {
+      'resync-rate': { type: 'number', describe: 'rate: at most this many MB/s (0: as fast as the legs go)' },
+      'resync-min-rate': { type: 'number', describe: 'rate: this many MB/s while user IO is active' },
+    },
+    command: (a) => {
+      if (a['resync-rate'] === undefined && a['resync-min-rate'] === undefined) throw new UserError('rate needs --resync-rate, --resync-min-rate or both');
+      const cap = a['resync-rate'] === 0 ? 0 : mbPerSecond('resync-rate', a['resync-rate']);
+      const floor = mbPerSecond('resync-min-rate', a['resync-min-rate']);
+      return `rate ${cap ?? '-'} ${floor ?? '-'}`;
+    },
+  },
   check: {
     describe: 'scrub: compare every chunk of the in-sync legs; --repair rewrites mismatches',
     options: {
@@ -120,6 +133,9 @@ function describeStatus(info: Record<string, unknown>): string {
   if (resync) lines.push(`  ${resync}${info.resyncYielding === true ? ', yielding to user IO' : ''}`);
   if (info.check === 'running' || info.check === 'done')
     lines.push(`  check ${String(info.check)} ${String(info.checkPercent)}%: ${String(info.mismatched)} bytes mismatched${info.mismatchRanges ? ` (${String(info.mismatchRanges)})` : ''}, ${String(info.repaired)} rewritten${info.checkYielding === true ? ', yielding to user IO' : ''}`);
+  const cap = Number(info.resyncRateMax), floor = Number(info.resyncRateMin);
+  if (info.resyncRateMax !== undefined)
+    lines.push(`  rates: ${cap > 0 ? `at most ${cap / 1e6} MB/s` : "the legs' speed"}, ${(cap > 0 && floor > cap ? cap : floor) / 1e6} MB/s while user IO is active`);
   if (info.syncNote) lines.push(`  last: ${String(info.syncNote)}`);
   return lines.join('\n');
 }
@@ -153,19 +169,37 @@ function slotted(slots: string[], legs: Leg[]): (Leg | undefined)[] {
   return slots.map((p) => (p === MISSING ? undefined : legs[next++]));
 }
 
-/** The --leg list a later server needs, from which fd each slot has now (status.legFds) and which slots
- * are empty (status.legs): `missing` there, so a leg `remove` took out does not come back by itself. */
+/** The resync's rates as options (MB/s) from the status's bytes per second; a floor kept above a lower
+ * cap (it yields to it) is kept as the cap, so a later server's options pass the check at add. */
+function rateOptions(status: Record<string, unknown>): Record<string, number> {
+  const cap = Number(status.resyncRateMax), floor = Number(status.resyncRateMin);
+  return { ...(cap > 0 ? { 'resync-rate': cap / 1e6 } : {}), 'resync-min-rate': (cap > 0 && floor > cap ? cap : floor) / 1e6 };
+}
+
+/** The options a later server needs: the --leg list from which fd each slot has now (status.legFds) and
+ * which slots are empty (status.legs): `missing` there, so a leg `remove` took out does not come back by
+ * itself; and the resync's rates once `mirror rate` changed them. */
 function restater(opts: Record<string, unknown>, slots: string[], legs: Leg[]): NonNullable<OpenedTarget['restate']> {
   let before = slots.join('\0');
+  let rates: string | undefined; // the rates of the first status: what the options gave
+  const now: Record<string, unknown> = { ...opts };
   return (status) => {
     const byFd = new Map(legs.map((l) => [l.opened.fds[0], l.path]));
     const states = String(status.legs ?? '').split(',');
     const paths = String(status.legFds ?? '').split(',').map((fd, i) => (states[i] === 'empty' ? MISSING : byFd.get(Number(fd))));
     if (paths.some((p) => p === undefined)) return undefined;
-    const now = paths as string[];
-    if (now.join('\0') === before) return undefined;
-    before = now.join('\0');
-    return { options: { ...opts, leg: now }, info: { file: now.join(',') } };
+    const slotsNow = paths as string[];
+    const ratesNow = `${String(status.resyncRateMax)},${String(status.resyncRateMin)}`;
+    rates ??= ratesNow;
+    if (slotsNow.join('\0') === before && ratesNow === rates) return undefined;
+    if (ratesNow !== rates) {
+      delete now['resync-rate'];
+      Object.assign(now, rateOptions(status));
+    }
+    before = slotsNow.join('\0');
+    rates = ratesNow;
+    now.leg = slotsNow;
+    return { options: { ...now }, info: { file: slotsNow.join(',') } };
   };
 }
 

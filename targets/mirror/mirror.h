@@ -173,8 +173,9 @@ struct mirror {
 	std::mutex thread_lock;
 	std::condition_variable wake;
 	bool stop = false;
-	uint64_t rate = 0;                  /* resync bytes per second; 0: as fast as the legs go */
-	uint64_t min_rate = 0;              /* resync bytes per second while user IO is active (> 0) */
+	uint32_t rates_gen = 0;             /* under thread_lock: bumped when `rate` changes them */
+	std::atomic<uint64_t> rate{0};      /* resync bytes per second; 0: as fast as the legs go */
+	std::atomic<uint64_t> min_rate{0};  /* resync bytes per second while user IO is active (> 0) */
 	const struct target *t;             /* the device's: its request count */
 	std::atomic<bool> yielding{false};  /* the resync or the check is at min_rate for user IO */
 	std::atomic<uint64_t> resync_copied{0}, resync_total{0}, resync_done{0};
@@ -280,9 +281,12 @@ uint64_t now_ns();
 void sync_start(struct mirror *m);
 void sync_stop(struct mirror *m);
 void sync_kick(struct mirror *m);
+/* The resync's cap and floor from now on (a pacing resync or check takes them at once). */
+void sync_rates(struct mirror *m, uint64_t rate, uint64_t min_rate);
 
 /* verbs.cc */
-/* `ublk-ts mirror <verb>`: "fail L", "re-add L", "remove L", "check [repair [L]]" (L from 1); and
+/* `ublk-ts mirror <verb>`: "fail L", "re-add L", "remove L", "check [repair [L]]" (L from 1), "rate MAX
+ * MIN" (bytes per second, each a number or - to keep it); and
  * `resize`'s "grow BYTES". Returns {"ok":true,"message":...} or {"ok":false,"error":...}. On libuv's pool: it may block. */
 std::string mirror_command(struct mirror *m, const std::string &cmd);
 /* The flat JSON object `list` merges into the device's info. */

@@ -158,19 +158,22 @@ static void finish_legs(struct mirror *m, uint32_t legs)
 static uint64_t rate_now(struct mirror *m, struct user_io_watch *watch, uint64_t now)
 {
 	uint64_t sum = target_requests(m->t);
-	uint64_t low = resync_floor(m->rate, m->min_rate);
-	bool yielding = watch->active(sum, now) && low != m->rate;
+	uint64_t cap = m->rate.load(), low = resync_floor(cap, m->min_rate.load());
+	bool yielding = watch->active(sum, now) && low != cap;
 	m->yielding.store(yielding, std::memory_order_relaxed);
-	return yielding ? low : m->rate;
+	return yielding ? low : cap;
 }
 
-/* Waits until `copied` bytes are due at `rate` bytes per second since t0; true if the thread is to stop
- * (a stop does not wait for the rate). */
+/* Waits until `copied` bytes are due at `rate` bytes per second since t0, or the rates change (`mirror
+ * rate`); true if the thread is to stop (a stop does not wait for the rate). */
 static bool pace(struct mirror *m, uint64_t t0, uint64_t copied, uint64_t rate)
 {
 	uint64_t due = t0 + (uint64_t)((double)copied * 1e9 / (double)rate), t = now_ns();
 	std::unique_lock<std::mutex> lk(m->thread_lock);
-	return due > t && m->wake.wait_for(lk, std::chrono::nanoseconds(due - t), [m] { return m->stop; });
+	uint32_t gen = m->rates_gen;
+	if (due > t)
+		m->wake.wait_for(lk, std::chrono::nanoseconds(due - t), [m, gen] { return m->stop || m->rates_gen != gen; });
+	return m->stop;
 }
 
 /* Paces a resync or a check chunk by chunk: at the cap while the legs are the device's alone, at the floor
@@ -435,6 +438,15 @@ void sync_stop(struct mirror *m)
 	}
 	m->wake.notify_all();
 	m->thread.join();
+}
+
+void sync_rates(struct mirror *m, uint64_t rate, uint64_t min_rate)
+{
+	std::lock_guard<std::mutex> g(m->thread_lock);
+	m->rate = rate;
+	m->min_rate = min_rate;
+	m->rates_gen++;
+	m->wake.notify_all();
 }
 
 void sync_kick(struct mirror *m)

@@ -3,6 +3,7 @@
  * the status `list` and `mirror status` show.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <sstream>
@@ -55,6 +56,25 @@ static std::string errno_text(int err)
 	return (name ? name : "errno " + std::to_string(err)) + (desc ? std::string(" (") + desc + ")" : "");
 }
 
+/* Bytes per second as MB/s, as the options give them. */
+static std::string mb(uint64_t bytes)
+{
+	char s[32];
+	snprintf(s, sizeof(s), "%g", (double)bytes / 1e6);
+	return s;
+}
+
+/* A number of bytes per second, or "-": the value kept. */
+static bool rate_arg(const std::string &s, uint64_t kept, uint64_t *out)
+{
+	if (s == "-")
+		return (*out = kept, true);
+	if (s.empty() || s.size() > 15 || s.find_first_not_of("0123456789") != std::string::npos)
+		return false;
+	*out = std::stoull(s);
+	return true;
+}
+
 std::string mirror_command(struct mirror *m, const std::string &cmd)
 {
 	std::istringstream in(cmd);
@@ -89,6 +109,24 @@ std::string mirror_command(struct mirror *m, const std::string &cmd)
 		s->running = true;
 		sync_kick(m);
 		return ok(repair ? "check and repair started" : "check started");
+	}
+	if (verb == "rate") {
+		/* The server checked the numbers' form; what they mean together is checked here, against the
+		 * values kept. */
+		std::string a, b;
+		uint64_t rate, min;
+		if (!(in >> a >> b) || !rate_arg(a, m->rate.load(), &rate) || !rate_arg(b, m->min_rate.load(), &min))
+			return refused("usage: rate MAX|- MIN|-");
+		if (min == 0)
+			return refused("--resync-min-rate must be above 0");
+		/* A floor kept from before may be above a new cap: it yields to it (resync_floor), as the
+		 * default floor does at add. One given with it may not. */
+		if (rate && min > rate && b != "-")
+			return refused("--resync-min-rate " + mb(min) + " is above --resync-rate " + mb(rate) +
+				       ": the floor under user IO cannot exceed the cap");
+		sync_rates(m, rate, min);
+		return ok("resync at " + (rate ? "most " + mb(rate) + " MB/s" : "the legs' speed") + ", " +
+			  mb(resync_floor(rate, min)) + " MB/s while user IO is active");
 	}
 	if (verb == "grow") {
 		/* From the server's `resize`: "grow BYTES". */
@@ -171,6 +209,9 @@ std::string mirror_status_json(struct mirror *m)
 	out += ",\"dataSize\":" + std::to_string(m->data_size) + ",\"bitmapChunk\":" + std::to_string(chunk_bytes(m)) +
 	       ",\"events\":" + std::to_string(m->events.load());
 	out += ",\"resyncCopied\":" + std::to_string(m->resync_copied.load());
+	/* The cap (0: none) and the floor (never above the cap when in use) the resync and the check go by
+	 * now: `mirror rate` changes them, and the server keeps them for a later one. */
+	out += ",\"resyncRateMax\":" + std::to_string(m->rate.load()) + ",\"resyncRateMin\":" + std::to_string(m->min_rate.load());
 	/* Which fd each slot has: the server keeps its saved --leg list in step with add-leg and replace. */
 	std::string fds;
 	for (unsigned i = 0; i < m->n.load(); i++)

@@ -85,6 +85,7 @@ describe.each<Boundary>(['kill -9 + recover', '--restart', 'del + add', 'down + 
     expect(during.error).toBe(0);
     expect(during.read.io_bytes).toBe(4 << 20);
     expect(info(id).legs).toBe('in-sync,resyncing'); // the verify ran while leg 2 was still stale
+    expect(verb('rate', '-n', String(id), '--resync-rate', '0').ok).toBe(true); // the rest at the legs' speed
     await legsAre(id, 'in-sync,in-sync');
     expect(Number(info(id).resyncCopied)).toBeGreaterThanOrEqual(4 << 20);
     expect(fioJob(sh(`fio ${p2(`/dev/ublkb${id}`)} --verify_only`)).error).toBe(0);
@@ -154,7 +155,7 @@ describe('resync', () => {
     expect(same(legs[0], third, size)).toBe('same');
   });
 
-  it('killed (-9) in the middle resumes after recover from its checkpoint, not from the start, and ends identical', async () => {
+  it('killed (-9) in the middle resumes after recover from its checkpoint, not from the start, and ends identical; `mirror rate` is kept across it', async () => {
     const dir = scratch('resync-resume');
     const [a, b] = [path.join(dir, 'a.img'), path.join(dir, 'b.img')];
     sh(`head -c 64M /dev/urandom > ${a} && truncate -s 64M ${b}`);
@@ -166,12 +167,20 @@ describe('resync', () => {
     expect(cli('list').stdout).toMatch(new RegExp(`\\[resync \\d+\\.\\d% at [\\d.]+ MB/s, \\d+ s left\\]`));
     const stats = cliJson<{ devices: { id: number; progress?: string }[] }>('stats', '-n', String(dev.id)).devices[0];
     expect(stats.progress).toMatch(/^resync \d+\.\d% at [\d.]+ MB\/s, \d+ s left$/);
+    // The rates change while it runs (the server's record keeps them).
+    const id = String(dev.id);
+    expect(verb('rate', '-n', id, '--resync-rate', '3').message).toBe('resync at most 3 MB/s, 3 MB/s while user IO is active');
     await waitFor('half copied', () => Number(info(dev.id).resync ?? 0) > 50, 60_000);
     process.kill(dev.pid, 'SIGKILL');
     await waitFor('quiesced', () => stateOf(dev.id) !== 'live', 10_000);
-    cliJson('recover', '-n', String(dev.id));
+    cliJson('recover', '-n', id);
+    expect(info(dev.id)).toMatchObject({ resyncRateMax: 3e6, resyncRateMin: 3e6 });
+    expect(failedInOneLine(cli('mirror', 'rate', '-n', id))).toMatch(/rate needs --resync-rate, --resync-min-rate or both/);
+    expect(failedInOneLine(cli('mirror', 'rate', '-n', id, '--resync-min-rate', '5'))).toMatch(/--resync-min-rate 5 is above --resync-rate 3/);
+    // No cap from here: it ends at the legs' speed.
+    expect(verb('rate', '-n', id, '--resync-rate', '0').message).toBe("resync at the legs' speed, 3 MB/s while user IO is active");
     await legsAre(dev.id, 'in-sync,in-sync');
-    // From a checkpoint at most a second (4 MiB) old: about half is left; a restart would copy it all.
+    // From a checkpoint at most a second old: under half is left; a restart would copy it all.
     const copied = Number(info(dev.id).resyncCopied);
     expect(copied).toBeGreaterThan(0);
     expect(copied).toBeLessThan(size * 0.7);

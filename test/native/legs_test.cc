@@ -572,6 +572,27 @@ TEST(mirror_a_check_that_saw_user_io_goes_at_the_floor_and_says_so)
 	CHECK_CONTAINS(s, "\"checkYielding\":true");
 }
 
+TEST(mirror_rate_reaches_a_check_that_waits_and_refuses_a_floor_above_the_cap)
+{
+	legs_rig h("mirror", 2, {{"resync-min-rate", 1}});
+	std::string s = after_user_io(h, "check", "\"checkPercent\":0,");
+	CHECK_CONTAINS(s, "\"checkPercent\":6,"); /* waits at 1 byte/s, as above */
+	CHECK_CONTAINS(s, "\"resyncRateMax\":0,\"resyncRateMin\":1,");
+	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "rate fast -"), "usage: rate MAX|- MIN|-");
+	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "rate - 0"), "must be above 0");
+	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "rate 1000000 2000000"), "--resync-min-rate 2 is above --resync-rate 1");
+	CHECK_CONTAINS(h.status(), "\"checkPercent\":6,"); /* nothing changed */
+	/* A new floor wakes the check where it waits: it goes on at once. */
+	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "rate - 1000000000"),
+		       "resync at the legs' speed, 1000 MB/s while user IO is active");
+	for (int i = 0; i < 1000 && h.status().find("\"check\":\"done\"") == std::string::npos; i++)
+		usleep(1000);
+	CHECK_CONTAINS(h.status(), "\"check\":\"done\",\"checkPercent\":100,");
+	/* The floor kept yields to a lower cap. */
+	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "rate 2000000 -"), "resync at most 2 MB/s, 2 MB/s while user IO is active");
+	CHECK_CONTAINS(h.status(), "\"resyncRateMax\":2000000,\"resyncRateMin\":1000000000,");
+}
+
 TEST(mirror_a_missing_leg_is_an_empty_slot_that_gets_no_io_and_replace_fills_it)
 {
 	std::vector<int> fds = {memory_leg(), memory_leg()};
