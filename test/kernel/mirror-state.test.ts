@@ -140,6 +140,7 @@ describe('resync', () => {
     await waitFor('quiesced', () => stateOf(dev.id) !== 'live', 10_000);
     cliJson('recover', '-n', id);
     expect(info(dev.id)).toMatchObject({ file: `${legs[0]},${legs[1]},${fresh}`, leg3: 'replacing leg 2' });
+    expect(verb('rate', '-n', id, '--resync-rate', '0').ok).toBe(true); // from here at the legs' speed
     await legsAre(dev.id, 'in-sync,in-sync');
     expect(info(dev.id).file).toBe(`${legs[0]},${fresh}`);
     expect(verb('add-leg', '-n', id, '--with', third).message).toBe('leg 3 is resyncing');
