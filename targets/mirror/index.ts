@@ -133,9 +133,10 @@ function describeStatus(info: Record<string, unknown>): string {
   if (resync) lines.push(`  ${resync}${info.resyncYielding === true ? ', yielding to user IO' : ''}`);
   if (info.check === 'running' || info.check === 'done')
     lines.push(`  check ${String(info.check)} ${String(info.checkPercent)}%: ${String(info.mismatched)} bytes mismatched${info.mismatchRanges ? ` (${String(info.mismatchRanges)})` : ''}, ${String(info.repaired)} rewritten${info.checkYielding === true ? ', yielding to user IO' : ''}`);
-  const cap = Number(info.resyncRateMax), floor = Number(info.resyncRateMin);
-  if (info.resyncRateMax !== undefined)
-    lines.push(`  rates: ${cap > 0 ? `at most ${cap / 1e6} MB/s` : "the legs' speed"}, ${(cap > 0 && floor > cap ? cap : floor) / 1e6} MB/s while user IO is active`);
+  if (info.resyncRateMax !== undefined) {
+    const { cap, floor } = rates(info);
+    lines.push(`  rates: ${cap > 0 ? `at most ${cap / 1e6} MB/s` : "the legs' speed"}, ${floor / 1e6} MB/s while user IO is active`);
+  }
   if (info.syncNote) lines.push(`  last: ${String(info.syncNote)}`);
   return lines.join('\n');
 }
@@ -169,11 +170,17 @@ function slotted(slots: string[], legs: Leg[]): (Leg | undefined)[] {
   return slots.map((p) => (p === MISSING ? undefined : legs[next++]));
 }
 
-/** The resync's rates as options (MB/s) from the status's bytes per second; a floor kept above a lower
- * cap (it yields to it) is kept as the cap, so a later server's options pass the check at add. */
-function rateOptions(status: Record<string, unknown>): Record<string, number> {
+/** The resync's rates in force from the status, bytes per second: the cap (0: none) and the floor, which
+ * yields to a lower cap (resync_floor in mirror.h). */
+function rates(status: Record<string, unknown>): { cap: number; floor: number } {
   const cap = Number(status.resyncRateMax), floor = Number(status.resyncRateMin);
-  return { ...(cap > 0 ? { 'resync-rate': cap / 1e6 } : {}), 'resync-min-rate': (cap > 0 && floor > cap ? cap : floor) / 1e6 };
+  return { cap, floor: cap > 0 && floor > cap ? cap : floor };
+}
+
+/** The rates as options (MB/s) a later server's add checks pass. */
+function rateOptions(status: Record<string, unknown>): Record<string, number> {
+  const { cap, floor } = rates(status);
+  return { ...(cap > 0 ? { 'resync-rate': cap / 1e6 } : {}), 'resync-min-rate': floor / 1e6 };
 }
 
 /** The options a later server needs: the --leg list from which fd each slot has now (status.legFds) and
@@ -181,7 +188,7 @@ function rateOptions(status: Record<string, unknown>): Record<string, number> {
  * itself; and the resync's rates once `mirror rate` changed them. */
 function restater(opts: Record<string, unknown>, slots: string[], legs: Leg[]): NonNullable<OpenedTarget['restate']> {
   let before = slots.join('\0');
-  let rates: string | undefined; // the rates of the first status: what the options gave
+  let ratesBefore: string | undefined; // the rates of the first status: what the options gave
   const now: Record<string, unknown> = { ...opts };
   return (status) => {
     const byFd = new Map(legs.map((l) => [l.opened.fds[0], l.path]));
@@ -190,14 +197,14 @@ function restater(opts: Record<string, unknown>, slots: string[], legs: Leg[]): 
     if (paths.some((p) => p === undefined)) return undefined;
     const slotsNow = paths as string[];
     const ratesNow = `${String(status.resyncRateMax)},${String(status.resyncRateMin)}`;
-    rates ??= ratesNow;
-    if (slotsNow.join('\0') === before && ratesNow === rates) return undefined;
-    if (ratesNow !== rates) {
+    ratesBefore ??= ratesNow;
+    if (slotsNow.join('\0') === before && ratesNow === ratesBefore) return undefined;
+    if (ratesNow !== ratesBefore) {
       delete now['resync-rate'];
       Object.assign(now, rateOptions(status));
     }
     before = slotsNow.join('\0');
-    rates = ratesNow;
+    ratesBefore = ratesNow;
     now.leg = slotsNow;
     return { options: { ...now }, info: { file: slotsNow.join(',') } };
   };
