@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Inside one VM boot: fio on the kernel loop device (direct IO over a tmpfs file), kernel null_blk, and
+// Inside one VM boot: fio on the kernel loop device (direct IO over a file), kernel null_blk, and
 // ublk-ts (file in every data mode over the same kind of file, stripe and mirror over 2 such files, and
 // null), the kernel's md RAID1 beside the mirror target over the same kind of legs (loop devices), the nbd
 // target beside the kernel's nbd-client over one nbdkit, and the TypeScript targets: memory, and overlay
@@ -7,7 +7,8 @@
 // full, and after 1 % of its chunks were written while it was failed. Prints a markdown table with each
 // device's ratio to the loop device, then each target's ratio to its own reference, then the resync table,
 // and writes it to $UBLK_TS_VM_OUT/<clock>.md. BENCH_ROWS=memory,null,overlay (say) makes only those rows and
-// the loop device, to try rows without the whole table; the keys are in wanted(...) below.
+// the loop device, to try rows without the whole table; the keys are in wanted(...) below. The files are on
+// ext4 over a RAM disk, or on tmpfs with BENCH_BACKING=tmpfs (backingDir below says why ext4).
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -41,7 +42,22 @@ function fio(dev, job) {
   return { iops: side.iops, mbs: side.bw_bytes / 1e6 };
 }
 
-sh('mkdir -p /tmp/bench');
+// Where the images are. tmpfs takes no non-blocking write (its files have no FMODE_NOWAIT), so io_uring
+// hands every write to a file there to an io-wq worker, hashed by inode: a thread hop per write and one
+// write at a time per file (the io_uring_queue_async_work trace counts one per WRITE_FIXED). The loop device
+// writes from its own worker and pays none of that. ext4 takes io_uring's O_DIRECT writes in line, as it
+// does on a disk; over a RAM disk (brd) it measures that path without the disk's own time. Mounted with
+// discard, so a row's deleted images give the RAM disk its pages back.
+const backing = process.env.BENCH_BACKING ?? 'ext4';
+function backingDir(dir) {
+  sh(`mkdir -p ${dir}`);
+  if (backing === 'tmpfs') return 'tmpfs';
+  if (backing !== 'ext4') throw new Error(`BENCH_BACKING=${backing}: ext4 or tmpfs`);
+  sh(`modprobe -d ${process.env.UBLK_TS_KMOD_DIR} brd rd_nr=1 rd_size=${3 << 20}`);
+  sh(`mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 /dev/ram0 && mount -o discard /dev/ram0 ${dir}`);
+  return 'ext4 on a RAM disk (brd)';
+}
+const backingName = backingDir('/tmp/bench');
 function image(name, mb = 512) {
   const f = `/tmp/bench/${name}.img`;
   sh(`rm -f ${f} && truncate -s ${mb}M ${f} && dd if=/dev/zero of=${f} bs=1M count=${mb} conv=notrunc status=none`);
@@ -95,7 +111,7 @@ row('kernel loop (direct IO)', () => {
   const f = image('loop');
   const dev = sh(`losetup --direct-io=on -f --show ${f}`);
   return { dev, cleanup: () => (sh(`losetup -d ${dev}`), dropImages([f])) };
-});
+}, { key: 'loop' });
 if (wanted('null_blk'))
   row('kernel null_blk', () => {
     sh(`modprobe -d ${process.env.UBLK_TS_KMOD_DIR} null_blk nr_devices=1 queue_mode=2 gb=1 submit_queues=2 hw_queue_depth=128`);
@@ -347,7 +363,8 @@ const cell = (v, i) => {
 const lines = [
   `### ${clock === 'icount' ? 'Instruction clock (TCG -icount shift=2): ranks CPU cost per IO' : 'Wall clock (multi-threaded TCG): noisy, ±20–30 % between boots'}`,
   '',
-  `kernel ${sh('uname -r')}, fio io_uring direct, ${runtime}s per job, ublk-ts with 2 queues × depth 128; ratio to the kernel loop device in the same boot`,
+  `kernel ${sh('uname -r')}, fio io_uring direct, ${runtime}s per job, ublk-ts with 2 queues × depth 128; images on ${backingName}; ` +
+    'ratio to the kernel loop device in the same boot',
   '',
   `| device | ${JOBS.map((j) => j.name).join(' | ')} |`,
   `|---|${JOBS.map(() => '---').join('|')}|`,
@@ -381,6 +398,10 @@ function mirrorRatios() {
     has('mirror') && has('md') &&
       `mirror over 2 files / md RAID1 over loop devices of 2 files: ${JOBS.map((j, i) => `${j.name} ${ratio('mirror', 'md', i)}`).join(', ')}`,
     has('mirror') && `mirror over 2 files / file auto-lease: 4k randwrite ${ratio('mirror', 'file-auto-lease', 1)} (bar ≥ 0.7×)`,
+    // What a second copy costs each: md's writes against its one leg's, the mirror's against the file target's.
+    has('md') && has('mirror') &&
+      `a second copy: md RAID1 over 2 loop devices / one loop device: 4k randwrite ${ratio('md', 'loop', 1)}; ` +
+        `mirror over 2 files / file over one: 4k randwrite ${ratio('mirror', 'file-auto-lease', 1)}`,
   ]
     .filter(Boolean)
     .flatMap((line) => [line, '']);
