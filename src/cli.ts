@@ -13,7 +13,8 @@ import { errorKind, EXIT_STATUS, oneLine, UserError } from './errors.js';
 import { checkTarget, missingCommand, noRepeats, rawValue, usageMessage, valueRequired, verbOf, wantsJson, wholeNumber, type UsageContext } from './usage.js';
 import type { DataMode } from './native.js';
 import { checkName, configPath, DEFAULT_CONFIG } from './config.js';
-import { recordByName, servesDevice } from './state.js';
+import { readRecords, recordByName, servesDevice } from './state.js';
+import { usersFirst } from './device-uses.js';
 import type { Outcome } from './updown.js';
 import type { GcOutcome } from './gc.js';
 import type { TargetSpec } from './target.js';
@@ -338,7 +339,10 @@ async function main(): Promise<void> {
         // --all: a device in use is left up and said on stderr, the others go; the status says some were left.
         const deleted: number[] = [];
         const left: number[] = [];
-        for (const i of kernelDeviceIds()) {
+        // One over another first: the one under it is open until it goes, and would be left as busy.
+        const ids = kernelDeviceIds();
+        const recs = usersFirst(readRecords().filter((r) => ids.includes(r.id)));
+        for (const i of [...recs.map((r) => r.id), ...ids.filter((x) => !recs.some((r) => r.id === x))]) {
           try {
             await deleteDevice(i, { safe });
             deleted.push(i);

@@ -4,12 +4,15 @@
 import fs from 'node:fs';
 import { errorKind, oneLine, UserError, type ErrorKind } from './errors.js';
 import { checkName, configuredDevice, readConfig, type ConfigEntry } from './config.js';
+import { optionStrings, usersFirst, usesFirst, withUsed } from './device-uses.js';
 import { linkPath, makeLink } from './dev-links.js';
 import { requireDriver } from './features.js';
 import { addDevice, deleteDevice, heldUnder, recoverDevice } from './lifecycle.js';
 import { checkTarget } from './usage.js';
 import { readRecords, recordByName, removeRecord, servesDevice, type DeviceRecord } from './state.js';
 import type { ConfiguredDevice } from './config.js';
+
+type NamedRecord = DeviceRecord & { name: string };
 
 export interface Outcome {
   name: string;
@@ -56,51 +59,71 @@ function requireExisting(serve: ConfiguredDevice['serve']): void {
 }
 
 export async function up(file: string, names: readonly string[] | 'all', on: OnOutcome): Promise<Outcome[]> {
-  const chosen = select(readConfig(file), names, file);
+  const entries = readConfig(file);
+  // An entry whose options name another's stable path comes up after it.
+  const named = new Map(entries.map((e) => [e, new Set(optionStrings(e.settings))]));
+  const entryUses = (a: ConfigEntry, b: ConfigEntry) => a !== b && named.get(a)!.has(linkPath(b.name));
+  // What the chosen ones use comes up too, and first.
+  const { order, stuck } = usesFirst(withUsed(select(entries, names, file), entries, entryUses), entryUses);
   const out: Outcome[] = [];
   const tell = (o: Outcome) => {
     out.push(o);
     on(o);
   };
-  // First, without the kernel: what is up already, and whether the rest are right (their backing opened once).
-  const ready: { name: string; serve: ConfiguredDevice['serve']; undo: () => void; stale?: DeviceRecord }[] = [];
-  for (const entry of chosen) {
+  for (const e of stuck)
+    tell(failed(e.name, new UserError(`it is in or behind a cycle of devices that name each other's /dev/ublk-ts paths (${stuck.map((x) => x.name).join(', ')}): none of them can come up first`)));
+  const isUp = new Set<string>();
+  const waitsFor = (entry: ConfigEntry) => order.find((b) => entryUses(entry, b) && !isUp.has(b.name));
+  // First, without the kernel: what is up already, and whether the rest are right (their backing opened
+  // once). One over a device still to come up is checked once that one is up.
+  interface Checked { serve: ConfiguredDevice['serve']; undo: () => void; stale?: DeviceRecord }
+  const check = async (entry: ConfigEntry): Promise<Checked> => {
+    const { spec, serve } = await configuredDevice(file, entry);
+    requireExisting(serve);
+    return { serve, undo: await checkTarget(spec, serve.targetOptions), stale: recordByName(entry.name) };
+  };
+  const steps: { entry: ConfigEntry; checked?: Checked }[] = [];
+  for (const entry of order) {
     try {
       const rec = recordByName(checkName(entry.name));
       if (rec && servesDevice(rec.pid, rec.id)) {
         makeLink(entry.name, rec.id); // a no-op unless someone removed it
+        isUp.add(entry.name);
         tell(reached(entry.name, 'already-up', rec));
         continue;
       }
-      const { spec, serve } = await configuredDevice(file, entry);
-      requireExisting(serve);
-      ready.push({ name: entry.name, serve, undo: await checkTarget(spec, serve.targetOptions), stale: rec });
+      steps.push({ entry, checked: waitsFor(entry) ? undefined : await check(entry) });
     } catch (e) {
       tell(failed(entry.name, e));
     }
   }
-  if (ready.length === 0) return out;
+  if (steps.length === 0) return out;
   try {
     requireDriver();
   } catch (e) {
-    for (const r of ready) r.undo();
+    for (const s of steps) s.checked?.undo();
     throw e;
   }
-  for (const r of ready) {
+  for (const { entry, checked } of steps) {
+    const name = entry.name;
     try {
+      const missing = checked ? undefined : waitsFor(entry);
+      if (missing) throw new UserError(`it needs ${missing.name} (${linkPath(missing.name)}), which did not come up`, 'backend');
+      const { serve, stale } = checked ?? (await check(entry));
       // Its server is gone, but the kernel may still hold the device: one waiting for a new server gets
       // one (a filesystem on it keeps its data); one proven the record's is freed before making another;
       // a device that is not the record's is never touched.
-      const held = r.stale ? await heldUnder(r.stale) : 'none';
-      if (r.stale && held === 'recoverable') {
-        tell(reached(r.name, 'recovered', await recoverDevice(r.stale.id)));
-        continue;
+      const held = stale ? await heldUnder(stale) : 'none';
+      if (stale && held === 'recoverable') {
+        tell(reached(name, 'recovered', await recoverDevice(stale.id)));
+      } else {
+        if (stale && held === 'ours') await deleteDevice(stale.id).catch(() => undefined);
+        else if (stale) removeRecord(stale.id);
+        tell(reached(name, 'up', await addDevice(serve)));
       }
-      if (r.stale && held === 'ours') await deleteDevice(r.stale.id).catch(() => undefined);
-      else if (r.stale) removeRecord(r.stale.id);
-      tell(reached(r.name, 'up', await addDevice(r.serve)));
+      isUp.add(name);
     } catch (e) {
-      tell(failed(r.name, e));
+      tell(failed(name, e));
     }
   }
   return out;
@@ -111,7 +134,7 @@ export async function up(file: string, names: readonly string[] | 'all', on: OnO
  * needs the file: a broken one must not keep devices up at shutdown. A name given must be up or in the file.
  */
 export async function down(file: string, names: readonly string[] | 'all', on: OnOutcome): Promise<Outcome[]> {
-  const named = readRecords().filter((r): r is DeviceRecord & { name: string } => r.name !== undefined);
+  const named = readRecords().filter((r): r is NamedRecord => r.name !== undefined);
   const chosen = names === 'all' ? named.map((r) => r.name) : names.map(checkName);
   const out: Outcome[] = [];
   const tell = (o: Outcome) => {
@@ -131,12 +154,10 @@ export async function down(file: string, names: readonly string[] | 'all', on: O
     if (unknown !== undefined) throw new UserError(`no device "${unknown}" is up, nor named in ${file}`, 'not-found');
   }
   if (recs.some((r) => r)) requireDriver();
-  for (const [i, name] of chosen.entries()) {
-    const rec = recs[i];
-    if (!rec) {
-      tell({ name, state: 'already-down' });
-      continue;
-    }
+  for (const name of chosen.filter((_, i) => !recs[i])) tell({ name, state: 'already-down' });
+  // One over another goes down first: the one under it is open until then, and would be refused as busy.
+  for (const rec of usersFirst(recs.filter((r): r is NamedRecord => r !== undefined))) {
+    const name = rec.name;
     try {
       // One still mounted or open is left up, said in its line (the exit status is then 'busy').
       await deleteDevice(rec.id, { safe: true });

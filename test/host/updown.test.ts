@@ -8,6 +8,8 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { configuredDevice, readConfig } from '../../src/config.js';
 import { linkTarget, makeLink, removeLink } from '../../src/dev-links.js';
+import { namedPaths, usersFirst, usesFirst, withUsed } from '../../src/device-uses.js';
+import type { DeviceRecord } from '../../src/state.js';
 
 const CLI = path.resolve('dist/ublk-ts.mjs');
 const hasDriver = fs.existsSync('/dev/ublk-control');
@@ -141,6 +143,27 @@ describe.runIf(!hasDriver)('up without the driver', () => {
     expect(fs.existsSync(missing)).toBe(false);
   });
 
+  it('a cycle of devices over devices (stable paths in their options) fails those in it and behind it, each in one line, before the kernel is asked', () => {
+    const link = (n: string) => path.join('/dev/ublk-ts', n);
+    const file = configFile('cycle.json', {
+      devices: {
+        a: { target: 'file', file: link('b') },
+        b: { target: 'mirror', leg: [img, link('a')] },
+        c: { target: 'file', file: link('a') },
+        d: { target: 'null' },
+      },
+    });
+    const r = cli('up', '--all', '--config', file);
+    const cycle = "is in or behind a cycle of devices that name each other's /dev/ublk-ts paths (a, b, c): none of them can come up first";
+    expect(r.stderr.trimEnd().split('\n')).toEqual([
+      `ublk-ts: a: it ${cycle}`,
+      `ublk-ts: b: it ${cycle}`,
+      `ublk-ts: c: it ${cycle}`,
+      expect.stringMatching(/^ublk-ts: ublk driver not available/),
+    ]);
+    expect(r.status).toBe(4);
+  });
+
   it('down --all with nothing up needs neither the driver nor the file', () => {
     const r = cli('down', '--all');
     expect(r.status).toBe(0);
@@ -167,5 +190,32 @@ describe('stable paths', () => {
       if (before === undefined) delete process.env.UBLK_TS_DEV_DIR;
       else process.env.UBLK_TS_DEV_DIR = before;
     }
+  });
+});
+
+describe('devices over devices', () => {
+  const uses = (pairs: string) => (a: string, b: string) => pairs.split(' ').includes(`${a}>${b}`);
+
+  it('orders each after what it uses, else as given; a cycle and what stands behind it come apart', () => {
+    expect(usesFirst(['m', 'x', 'r'], uses('m>r'))).toEqual({ order: ['x', 'r', 'm'], stuck: [] });
+    expect(usesFirst(['m', 'r', 's'], uses('m>r r>s'))).toEqual({ order: ['s', 'r', 'm'], stuck: [] });
+    expect(usesFirst(['a', 'b', 'c', 'd'], uses('a>b b>a c>a'))).toEqual({ order: ['d'], stuck: ['a', 'b', 'c'] });
+    // What the chosen use comes along, in the file's order; what nothing chosen uses stays out.
+    expect(withUsed(['m'], ['r', 'm', 'x', 's'], uses('m>r r>s'))).toEqual(['r', 'm', 's']);
+  });
+
+  it('takes running devices down over-first: a device named by another, through a link or not, goes after it', () => {
+    // Block devices stand in as files here: what counts is that a path, or a link's target, is one of them.
+    const dev = (id: number) => configFile(`ublkb${id}`, '');
+    const link = path.join(dir, 'leg-link');
+    fs.symlinkSync(dev(1), link);
+    expect(namedPaths({ leg: [img, link], size: 3 })).toEqual(new Set([img, link, dev(1)]));
+    const rec = (id: number, targetOptions: Record<string, unknown>) =>
+      ({ id, blockDevice: dev(id), serve: { target: 'x', targetOptions, mode: 'copy' } }) as DeviceRecord;
+    const leg = rec(1, { socket: '/run/nbd.sock' });
+    const file = rec(2, { file: dev(3) });
+    const under = rec(3, { size: '1G' });
+    const mirror = rec(4, { leg: [img, link] });
+    expect(usersFirst([leg, file, under, mirror]).map((r) => r.id)).toEqual([2, 4, 1, 3]);
   });
 });

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Outcome } from '../../src/updown.js';
-import { cli, cliJson, delAll, scratch, serverPids, sh, ublkDevices, type Listed } from './helpers.js';
+import { cli, cliJson, delAll, nbdkit, scratch, serverPids, sh, stopServer, ublkDevices, type Listed } from './helpers.js';
 
 afterEach(() => {
   delAll();
@@ -117,5 +117,34 @@ describe('up and down', () => {
     expect(cli('del', '-n', String(lost.id)).status).toBe(0);
     expect(fs.existsSync('/dev/ublk-ts/lost')).toBe(false);
     expect(cliJson<{ devices: Outcome[] }>('down', '--all').devices).toHaveLength(2);
+  });
+
+  it('a mirror over a file and an nbd device named by its stable path: up brings the nbd device first though the file lists it last, down --all takes the mirror first, and after down + up the data reads back from both legs', async () => {
+    const dir = scratch('over');
+    const a = backing(path.join(dir, 'a.img'), 32 << 20);
+    const remote = backing(path.join(dir, 'remote.img'), 32 << 20);
+    const sock = path.join(dir, 'nbd.sock');
+    const server = await nbdkit(sock, 'file', remote);
+    const file = config('over-config', {
+      m: { target: 'mirror', leg: [a, '/dev/ublk-ts/remote'], 'assume-clean': true, queues: 1 },
+      remote: { target: 'nbd', socket: sock, queues: 1 },
+    });
+    const states = (r: { devices: Outcome[] }) => r.devices.map((o) => [o.name, o.state]);
+    expect(states(cliJson('up', '--all', '--config', file))).toEqual([['remote', 'up'], ['m', 'up']]);
+    const data = path.join(dir, 'data');
+    sh(`head -c 4M /dev/urandom > ${data} && dd if=${data} of=/dev/ublk-ts/m bs=1M oflag=direct status=none`);
+    // The nbd device is open by the mirror's server until the mirror is down: taken first, it would be busy.
+    expect(states(cliJson('down', '--all'))).toEqual([['m', 'down'], ['remote', 'down']]);
+    expect(ublkDevices()).toHaveLength(0);
+    // up m alone: what it names comes up too, and first.
+    expect(states(cliJson('up', 'm', '--config', file))).toEqual([['remote', 'up'], ['m', 'up']]);
+    const m = cliJson<Listed[]>('list').find((d) => d.name === 'm')!;
+    expect(m.info.legs).toBe('in-sync,in-sync');
+    const readsBack = () => sh(`dd if=/dev/ublk-ts/m bs=1M count=4 iflag=direct status=none | cmp - ${data}`);
+    readsBack();
+    cliJson('mirror', 'fail', '-n', String(m.id), '--leg', '1');
+    readsBack(); // from the nbd leg alone
+    expect(states(cliJson('down', '--all'))).toEqual([['m', 'down'], ['remote', 'down']]);
+    await stopServer(server);
   });
 });

@@ -1,0 +1,67 @@
+// Devices over devices: a mirror whose remote leg is an nbd device, a file device over another one. What one
+// device names of another among its options decides the order of `up` (the one used first) and `down`
+// (the one using first): a leg that is not there yet fails the device over it, and a leg taken down
+// first is refused as busy and stays up.
+import fs from 'node:fs';
+import type { DeviceRecord } from './state.js';
+
+/** The strings among a device's options, a list's items too. */
+export function optionStrings(options: unknown): string[] {
+  if (typeof options !== 'object' || options === null) return [];
+  return Object.values(options)
+    .flatMap((v: unknown) => (Array.isArray(v) ? v : [v]))
+    .filter((v): v is string => typeof v === 'string');
+}
+
+/** The strings among a device's options and, for those that are paths, what they resolve to: a block device
+ * named through a link (/dev/ublk-ts/NAME) is found under its own name too. */
+export function namedPaths(options: unknown): Set<string> {
+  const named = new Set<string>();
+  for (const v of optionStrings(options)) {
+    named.add(v);
+    if (v.startsWith('/'))
+      try {
+        named.add(fs.realpathSync(v));
+      } catch {
+        // Not there (yet): the string itself is all it names.
+      }
+  }
+  return named;
+}
+
+/**
+ * items with each after the ones it uses (uses(a, b): a uses b), else in the order given. Those that use
+ * one another in a cycle, or use such a one, cannot be ordered: they come apart, in `stuck`.
+ */
+export function usesFirst<T>(items: readonly T[], uses: (a: T, b: T) => boolean): { order: T[]; stuck: T[] } {
+  const order: T[] = [];
+  let left = [...items];
+  for (;;) {
+    const next = left.filter((a) => !left.some((b) => b !== a && uses(a, b)));
+    if (next.length === 0) return { order, stuck: left };
+    order.push(...next);
+    left = left.filter((a) => !next.includes(a));
+  }
+}
+
+/** chosen (some of all), the items of all they use, and those use, and so on, in the order of all. */
+export function withUsed<T>(chosen: readonly T[], all: readonly T[], uses: (a: T, b: T) => boolean): T[] {
+  const want = new Set(chosen);
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const b of all)
+      if (!want.has(b) && [...want].some((a) => a !== b && uses(a, b))) {
+        want.add(b);
+        grew = true;
+      }
+  }
+  return all.filter((x) => want.has(x));
+}
+
+/** Running devices, each before the ones its options name (none is then still open by a device over it
+ * when it goes), else in the order given. */
+export function usersFirst<T extends DeviceRecord>(recs: readonly T[]): T[] {
+  const paths = new Map(recs.map((r) => [r, namedPaths(r.serve.targetOptions)]));
+  const { order, stuck } = usesFirst(recs, (a, b) => a !== b && paths.get(b)!.has(a.blockDevice));
+  return [...order, ...stuck];
+}
