@@ -14,7 +14,7 @@ import { checkTarget, missingCommand, noRepeats, rawValue, usageMessage, valueRe
 import type { DataMode } from './native.js';
 import { checkName, configPath, DEFAULT_CONFIG } from './config.js';
 import { readRecords, recordByName, servesDevice } from './state.js';
-import { usersFirst } from './device-uses.js';
+import { inUseOrder } from './device-uses.js';
 import type { Outcome } from './updown.js';
 import type { GcOutcome } from './gc.js';
 import type { TargetSpec } from './target.js';
@@ -341,7 +341,7 @@ async function main(): Promise<void> {
         const left: number[] = [];
         // One over another first: the one under it is open until it goes, and would be left as busy.
         const ids = kernelDeviceIds();
-        const recs = usersFirst(readRecords().filter((r) => ids.includes(r.id)));
+        const recs = inUseOrder(readRecords().filter((r) => ids.includes(r.id)), 'over');
         for (const i of [...recs.map((r) => r.id), ...ids.filter((x) => !recs.some((r) => r.id === x))]) {
           try {
             await deleteDevice(i, { safe });

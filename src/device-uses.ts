@@ -1,6 +1,7 @@
 // Devices over devices: a mirror whose remote leg is an nbd device, a file device over another one. What one
-// device names of another among its options decides the order of `up` (the one used first) and `down`
-// (the one using first): a leg that is not there yet fails the device over it, and a leg taken down
+// device names of another among its options decides the order of `up` and `gc` (the one beneath first)
+// and of `down` and `del --all` (the one over it first): a leg not there yet fails the device over it, one
+// waiting for its own server holds up the reads of the one over it as it starts, and a leg taken down
 // first is refused as busy and stays up.
 import fs from 'node:fs';
 import type { DeviceRecord } from './state.js';
@@ -58,10 +59,14 @@ export function withUsed<T>(chosen: readonly T[], all: readonly T[], uses: (a: T
   return all.filter((x) => want.has(x));
 }
 
-/** Running devices, each before the ones its options name (none is then still open by a device over it
- * when it goes), else in the order given. */
-export function usersFirst<T extends DeviceRecord>(recs: readonly T[]): T[] {
+/**
+ * Running devices in the order to bring them back ('beneath': each after the ones its options name, which
+ * it reads as it starts) or to take them down ('over': each before them, which it holds open until it
+ * goes), else in the order given.
+ */
+export function inUseOrder<T extends DeviceRecord>(recs: readonly T[], first: 'beneath' | 'over'): T[] {
   const paths = new Map(recs.map((r) => [r, namedPaths(r.serve.targetOptions)]));
-  const { order, stuck } = usesFirst(recs, (a, b) => a !== b && paths.get(b)!.has(a.blockDevice));
+  const names = (a: T, b: T) => a !== b && paths.get(a)!.has(b.blockDevice);
+  const { order, stuck } = usesFirst(recs, first === 'beneath' ? names : (a, b) => names(b, a));
   return [...order, ...stuck];
 }

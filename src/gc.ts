@@ -8,6 +8,7 @@ import { controlPath } from './control.js';
 import { removeLink } from './dev-links.js';
 import { errorKind, isKernelError, oneLine, type ErrorKind } from './errors.js';
 import { deleteDevice, kernelDeviceIds, recoverDevice, serverState, type ServerState } from './lifecycle.js';
+import { inUseOrder } from './device-uses.js';
 import { readRecord, readRecords, removeRecord, servesDevice, supervises, type DeviceRecord } from './state.js';
 
 export interface GcOutcome {
@@ -106,11 +107,16 @@ async function collect(id: number, dryRun: boolean): Promise<GcOutcome> {
   }
 }
 
-/** Goes through every ublk device and every record, in id order; `report` hears each outcome as it is known. */
+/** Goes through every ublk device and every record, in id order but a device over another after it; `report` hears each outcome as it is known. */
 export async function gc(dryRun: boolean, report: (o: GcOutcome) => void): Promise<GcOutcome[]> {
-  const ids = [...new Set([...kernelDeviceIds(), ...readRecords().map((r) => r.id)])].sort((a, b) => a - b);
+  const recs = readRecords().sort((a, b) => a.id - b.id);
+  const ids = [...new Set([...kernelDeviceIds(), ...recs.map((r) => r.id)])].sort((a, b) => a - b);
+  // A device over another is recovered after it: its new server reads the one beneath as it starts, which
+  // waits for a server of its own until then. The records' ids take their places among the ids in that order.
+  const order = inUseOrder(recs, 'beneath');
+  let next = 0;
   const outcomes: GcOutcome[] = [];
-  for (const id of ids) {
+  for (const id of ids.map((i) => (recs.some((r) => r.id === i) ? order[next++].id : i))) {
     const o = await collect(id, dryRun);
     report(o);
     outcomes.push(o);

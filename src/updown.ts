@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import { errorKind, oneLine, UserError, type ErrorKind } from './errors.js';
 import { checkName, configuredDevice, readConfig, type ConfigEntry } from './config.js';
-import { optionStrings, usersFirst, usesFirst, withUsed } from './device-uses.js';
+import { inUseOrder, optionStrings, usesFirst, withUsed } from './device-uses.js';
 import { linkPath, makeLink } from './dev-links.js';
 import { requireDriver } from './features.js';
 import { addDevice, deleteDevice, heldUnder, recoverDevice } from './lifecycle.js';
@@ -156,7 +156,7 @@ export async function down(file: string, names: readonly string[] | 'all', on: O
   if (recs.some((r) => r)) requireDriver();
   for (const name of chosen.filter((_, i) => !recs[i])) tell({ name, state: 'already-down' });
   // One over another goes down first: the one under it is open until then, and would be refused as busy.
-  for (const rec of usersFirst(recs.filter((r): r is NamedRecord => r !== undefined))) {
+  for (const rec of inUseOrder(recs.filter((r): r is NamedRecord => r !== undefined), 'over')) {
     const name = rec.name;
     try {
       // One still mounted or open is left up, said in its line (the exit status is then 'busy').

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { configuredDevice, readConfig } from '../../src/config.js';
 import { linkTarget, makeLink, removeLink } from '../../src/dev-links.js';
-import { namedPaths, usersFirst, usesFirst, withUsed } from '../../src/device-uses.js';
+import { inUseOrder, namedPaths, usesFirst, withUsed } from '../../src/device-uses.js';
 import type { DeviceRecord } from '../../src/state.js';
 
 const CLI = path.resolve('dist/ublk-ts.mjs');
@@ -204,7 +204,7 @@ describe('devices over devices', () => {
     expect(withUsed(['m'], ['r', 'm', 'x', 's'], uses('m>r r>s'))).toEqual(['r', 'm', 's']);
   });
 
-  it('takes running devices down over-first: a device named by another, through a link or not, goes after it', () => {
+  it('orders running devices beneath-first to bring them back, over-first to take them down: a device named by another, through a link or not', () => {
     // Block devices stand in as files here: what counts is that a path, or a link's target, is one of them.
     const dev = (id: number) => configFile(`ublkb${id}`, '');
     const link = path.join(dir, 'leg-link');
@@ -216,6 +216,7 @@ describe('devices over devices', () => {
     const file = rec(2, { file: dev(3) });
     const under = rec(3, { size: '1G' });
     const mirror = rec(4, { leg: [img, link] });
-    expect(usersFirst([leg, file, under, mirror]).map((r) => r.id)).toEqual([2, 4, 1, 3]);
+    expect(inUseOrder([leg, file, under, mirror], 'over').map((r) => r.id)).toEqual([2, 4, 1, 3]);
+    expect(inUseOrder([leg, file, under, mirror], 'beneath').map((r) => r.id)).toEqual([1, 3, 2, 4]);
   });
 });

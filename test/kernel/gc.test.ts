@@ -115,6 +115,25 @@ describe('orphans', () => {
     expect(ublkDevices()).toEqual([]);
   }, 240_000);
 
+  it('recovers a device over another after it, whatever their ids: a mirror whose leg is a file device of a higher id', async () => {
+    const dir = scratch('gc-over');
+    const [a, b] = [path.join(dir, 'a.img'), path.join(dir, 'b.img')];
+    sh(`truncate -s 16M ${a} ${b}`);
+    const small = ['--queues', '1', '--depth', '16'];
+    const leg = cliJson<AddedDevice>('add', '--target', 'file', '--file', b, '-n', '9', ...small);
+    const m = cliJson<AddedDevice>('add', '--target', 'mirror', '--leg', a, '--leg', leg.blockDevice, '--assume-clean', ...small);
+    expect(m.id).toBeLessThan(leg.id);
+    sh(`printf 'over and beneath' | dd of=${m.blockDevice} bs=4k conv=sync oflag=direct status=none`);
+    for (const d of [m, leg]) process.kill(d.pid, 'SIGKILL');
+    await waitFor('both to wait for a new server', () => [m, leg].every((d) => listEntry(d.id)?.server === 'quiesced'), 60_000);
+    // The mirror's new server reads its legs' metadata as it starts: before the leg's own server is back,
+    // that read would wait for it.
+    const done = cliJson<{ devices: GcOutcome[] }>('gc').devices;
+    expect(done.map((o) => [o.id, o.action])).toEqual([[leg.id, 'recovered'], [m.id, 'recovered']]);
+    expect(read4k(m.id)).toBe('over and beneath');
+    expect(listEntry(m.id)!.info.legs).toBe('in-sync,in-sync');
+  }, 120_000);
+
   it('add --count is refused in one line for a target with a backing, or out of range, and makes nothing', () => {
     const r = cli('add', '--target', 'file', '--file', path.join(scratch('count'), 'x.img'), '--size', '16M', '--count', '2');
     expect(failedInOneLine(r)).toMatch(/--count adds devices that share nothing/);
