@@ -4,6 +4,7 @@
 // waiting for its own server holds up the reads of the one over it as it starts, and a leg taken down
 // first is refused as busy and stays up.
 import fs from 'node:fs';
+import { addon, DEV_STATE } from './native.js';
 import type { DeviceRecord } from './state.js';
 
 /** The strings among a device's options, a list's items too. */
@@ -69,4 +70,18 @@ export function inUseOrder<T extends DeviceRecord>(recs: readonly T[], first: 'b
   const names = (a: T, b: T) => a !== b && paths.get(a)!.has(b.blockDevice);
   const { order, stuck } = usesFirst(recs, first === 'beneath' ? names : (a, b) => names(b, a));
   return [...order, ...stuck];
+}
+
+/**
+ * A ublk device among the paths the options name that waits for a server of its own (QUIESCED: its IO
+ * queues until one comes), if any. A device opened over it would wait on its first read, in a process
+ * that cannot even be killed until then; FAIL_IO fails that read at once, and is left to the target.
+ */
+export async function waitingBeneath(options: unknown): Promise<string | undefined> {
+  for (const p of namedPaths(options)) {
+    const m = /^\/dev\/ublkb(\d+)$/.exec(p);
+    const state = m ? await addon.getDevInfo(Number(m[1])).then((i) => i.state, () => undefined) : undefined;
+    if (state === DEV_STATE.QUIESCED) return p;
+  }
+  return undefined;
 }

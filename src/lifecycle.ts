@@ -8,6 +8,7 @@ import type { Server, ServeOptions } from './server.js';
 import type { DaemonOptions } from './daemon.js';
 import { removeLink } from './dev-links.js';
 import { asTakeover } from './takeover.js';
+import { waitingBeneath } from './device-uses.js';
 import { ProcessHandle } from './process-handle.js';
 import { ensureStateDir, openLog, reattachOptions, readRecord, readRecords, removeRecord, servesDevice, supervises, type DeviceRecord } from './state.js';
 
@@ -126,13 +127,15 @@ export async function addDevices(o: Omit<DaemonOptions, 'log'>, count: number): 
  * `add` saved in its record (checked against what the kernel kept).
  */
 export function recoverDevice(id: number): Promise<DeviceRecord> {
-  return asTakeover(id, () => {
+  return asTakeover(id, async () => {
     const rec = readRecord(id);
     if (!rec?.serve) throw new UserError(`device ${id} has no saved options (it was not added by ublk-ts add, or its record is gone)`, 'not-found');
     if (serverOf(rec) !== undefined) throw new UserError(`device ${id} is served by pid ${rec.pid}: nothing to recover`);
     // Said here, before a server starts: its data died with its server (so do a volatile target's, always).
     if (!rec.recovery)
       throw new UserError(`device ${id} was added without recovery (a target that keeps its data in its server, like memory, always is): \`ublk-ts del -n ${id}\` removes it`);
+    const beneath = await waitingBeneath(rec.serve.targetOptions);
+    if (beneath) throw new UserError(`device ${id} is over ${beneath}, which waits for a server of its own: recover that one first`, 'backend');
     return nextServer(rec);
   });
 }

@@ -6,6 +6,7 @@ import type { Options } from 'yargs';
 import { errorKind, oneLine, UserError } from './errors.js';
 import type { TargetSpec } from './target.js';
 import { wholeIn } from './option-schema.js';
+import { waitingBeneath } from './device-uses.js';
 
 /** What a message about a mistake can refer to. */
 export interface UsageContext {
@@ -180,6 +181,8 @@ export async function checkTarget(spec: TargetSpec, opts: Record<string, unknown
       else if (was >= 0 && now > was) fs.truncateSync(p, was);
     }
   };
+  const beneath = await waitingBeneath(opts);
+  if (beneath) throw new UserError(`${beneath} waits for a server of its own (ublk-ts recover): reading it would wait until then`, 'backend');
   let opened: Awaited<ReturnType<TargetSpec['open']>>;
   try {
     opened = await spec.open(opts);

@@ -115,7 +115,7 @@ describe('orphans', () => {
     expect(ublkDevices()).toEqual([]);
   }, 240_000);
 
-  it('recovers a device over another after it, whatever their ids: a mirror whose leg is a file device of a higher id', async () => {
+  it('recovers a device over another after it, whatever their ids: a mirror whose leg is a file device of a higher id; recover of the mirror first, or a new device over the waiting leg, is refused in one line', async () => {
     const dir = scratch('gc-over');
     const [a, b] = [path.join(dir, 'a.img'), path.join(dir, 'b.img')];
     sh(`truncate -s 16M ${a} ${b}`);
@@ -127,7 +127,10 @@ describe('orphans', () => {
     for (const d of [m, leg]) process.kill(d.pid, 'SIGKILL');
     await waitFor('both to wait for a new server', () => [m, leg].every((d) => listEntry(d.id)?.server === 'quiesced'), 60_000);
     // The mirror's new server reads its legs' metadata as it starts: before the leg's own server is back,
-    // that read would wait for it.
+    // that read would wait for it. By hand, in that order, it is refused, as is a new device over the leg.
+    expect(failedInOneLine(cli('recover', '-n', String(m.id)))).toContain(`device ${m.id} is over ${leg.blockDevice}, which waits for a server of its own`);
+    expect(failedInOneLine(cli('add', '--target', 'file', '--file', leg.blockDevice))).toContain(`${leg.blockDevice} waits for a server of its own`);
+    expect(listEntry(m.id)?.server).toBe('quiesced');
     const done = cliJson<{ devices: GcOutcome[] }>('gc').devices;
     expect(done.map((o) => [o.id, o.action])).toEqual([[leg.id, 'recovered'], [m.id, 'recovered']]);
     expect(read4k(m.id)).toBe('over and beneath');
