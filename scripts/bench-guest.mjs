@@ -8,7 +8,7 @@
 // device's ratio to the loop device, then each target's ratio to its own reference, then the resync table,
 // and writes it to $UBLK_TS_VM_OUT/<clock>.md. BENCH_ROWS=memory,null,overlay (say) makes only those rows and
 // the loop device, to try rows without the whole table; the keys are in wanted(...) below. The files are on
-// ext4 over a RAM disk, or on tmpfs with BENCH_BACKING=tmpfs (backingDir below says why ext4).
+// tmpfs, or on ext4 over a RAM disk with BENCH_BACKING=ext4 (backingDir below says what differs).
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -42,17 +42,18 @@ function fio(dev, job) {
   return { iops: side.iops, mbs: side.bw_bytes / 1e6 };
 }
 
-// Where the images are. tmpfs takes no non-blocking write (its files have no FMODE_NOWAIT), so io_uring
+// Where the images are: tmpfs (the default, on which the issues' bars were read), or ext4 on a RAM disk
+// (BENCH_BACKING=ext4). tmpfs takes no non-blocking write (its files have no FMODE_NOWAIT), so io_uring
 // hands every write to a file there to an io-wq worker, hashed by inode: a thread hop per write and one
-// write at a time per file (the io_uring_queue_async_work trace counts one per WRITE_FIXED). The loop device
-// writes from its own worker and pays none of that. ext4 takes io_uring's O_DIRECT writes in line, as it
-// does on a disk; over a RAM disk (brd) it measures that path without the disk's own time. Mounted with
-// discard, so a row's deleted images give the RAM disk its pages back.
-const backing = process.env.BENCH_BACKING ?? 'ext4';
+// write at a time per file (the io_uring_queue_async_work trace counts one per WRITE_FIXED); the loop
+// device writes from its own worker and pays none of that. ext4 takes io_uring's O_DIRECT writes in line,
+// as it does on a disk; over a RAM disk (brd) it measures that path without the disk's own time. Mounted
+// with discard, so a row's deleted images give the RAM disk its pages back.
+const backing = process.env.BENCH_BACKING ?? 'tmpfs';
 function backingDir(dir) {
   sh(`mkdir -p ${dir}`);
   if (backing === 'tmpfs') return 'tmpfs';
-  if (backing !== 'ext4') throw new Error(`BENCH_BACKING=${backing}: ext4 or tmpfs`);
+  if (backing !== 'ext4') throw new Error(`BENCH_BACKING=${backing}: tmpfs or ext4`);
   sh(`modprobe -d ${process.env.UBLK_TS_KMOD_DIR} brd rd_nr=1 rd_size=${3 << 20}`);
   sh(`mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 /dev/ram0 && mount -o discard /dev/ram0 ${dir}`);
   return 'ext4 on a RAM disk (brd)';
