@@ -90,6 +90,13 @@ struct user_io_watch {
 		}
 		return moved_ns && now - moved_ns < YIELD_NS;
 	}
+	/* Counts from here: IO the thread did not see because it slept is not IO now (md, too, counts a
+	 * resync's user IO from its start). */
+	void restart(uint64_t sum)
+	{
+		seen = sum;
+		moved_ns = 0;
+	}
 };
 
 /* The resync's rate in bytes per second while user IO is active (md's speed_limit_min): min_rate, but

@@ -395,10 +395,14 @@ static void sync_main(struct mirror *m)
 	struct bufs b;
 	struct user_io_watch watch;
 	uint64_t last_ckpt = now_ns(), last_sweep = last_ckpt, ckpt_sum = 0;
-	bool was_resyncing = false;
+	bool was_resyncing = false, busy = false;
 	std::unique_lock<std::mutex> lk(m->thread_lock);
 	while (!m->stop) {
 		lk.unlock();
+		/* After a wait: the requests taken meanwhile may be long over; a moment of yielding for them
+		 * would only slow a resync that just started. Ongoing IO shows again after one chunk. */
+		if (!busy)
+			watch.restart(target_requests(m->t));
 		bool pending = resyncing(m) != 0;
 		if (pending && !was_resyncing) {
 			m->resync_started_ns = now_ns();
@@ -407,7 +411,7 @@ static void sync_main(struct mirror *m)
 		}
 		was_resyncing = pending;
 		bool resync = pending && b.ok() && resync_step(m, b, &watch);
-		bool busy = resync || (b.ok() && scrub_step(m, b, &watch));
+		busy = resync || (b.ok() && scrub_step(m, b, &watch));
 		uint64_t t = now_ns();
 		if (t - last_ckpt >= CHECKPOINT_NS) {
 			checkpoint(m, &ckpt_sum);

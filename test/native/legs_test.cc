@@ -548,42 +548,57 @@ TEST(mirror_a_replace_stopped_before_its_end_goes_on_under_the_next_mirror_over_
 		close(fd);
 }
 
-/* A read, then `cmd` (which starts the sync thread's work): the status once it moved past `unmoved` and
- * had time to go on, were it not held back. */
-static std::string after_user_io(legs_rig &h, const std::string &cmd, const char *unmoved)
+/* `cmd` starts the sync thread's work at a cap of one chunk a second (the rig's options give the floor);
+ * after its first chunk, a read. The status once it moved past two more chunks and had time to go on,
+ * were it not held back. */
+static std::string with_user_io(legs_rig &h, const std::string &cmd, const char *first)
 {
+	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "rate 65536 -"), "\"ok\":true");
+	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, cmd), "\"ok\":true");
+	for (int i = 0; i < 1000 && h.status().find(first) == std::string::npos; i++)
+		usleep(1000);
 	h.request(0, R, 0, 4096);
 	h.answer_members(0);
 	CHECK_EQ(h.result(0), 4096);
-	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, cmd), "\"ok\":true");
-	for (int i = 0; i < 1000 && h.status().find(unmoved) != std::string::npos; i++)
-		usleep(1000);
-	usleep(100000);
+	usleep(1300000);
 	return h.status();
 }
 
-TEST(mirror_a_check_that_saw_user_io_goes_at_the_floor_and_says_so)
+TEST(mirror_a_check_that_sees_user_io_goes_at_the_floor_and_says_so)
 {
-	/* As the resync: after one chunk the check waits (until the stop); with no user IO it would compare
-	 * all 16 chunks at once. */
+	/* A floor of 1 byte/s: the chunk after the one the read came in waits (until the stop); at the cap it
+	 * would compare a chunk a second. */
 	legs_rig h("mirror", 2, {{"resync-min-rate", 1}});
-	std::string s = after_user_io(h, "check", "\"checkPercent\":0,");
-	CHECK_CONTAINS(s, "\"check\":\"running\",\"checkPercent\":6,");
+	std::string s = with_user_io(h, "check", "\"checkPercent\":6,");
+	CHECK_CONTAINS(s, "\"check\":\"running\",\"checkPercent\":18,");
 	CHECK_CONTAINS(s, "\"checkYielding\":true");
+}
+
+TEST(mirror_user_io_before_the_work_started_does_not_hold_it_back)
+{
+	/* The sync thread slept while the read came; the check that starts after it goes at the cap (none). */
+	legs_rig h("mirror", 2, {{"resync-min-rate", 1}});
+	h.request(0, R, 0, 4096);
+	h.answer_members(0);
+	CHECK_EQ(h.result(0), 4096);
+	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "check"), "\"ok\":true");
+	for (int i = 0; i < 1000 && h.status().find("\"check\":\"done\"") == std::string::npos; i++)
+		usleep(1000);
+	CHECK_CONTAINS(h.status(), "\"check\":\"done\",\"checkPercent\":100,");
 }
 
 TEST(mirror_rate_reaches_a_check_that_waits_and_refuses_a_floor_above_the_cap)
 {
 	legs_rig h("mirror", 2, {{"resync-min-rate", 1}});
-	std::string s = after_user_io(h, "check", "\"checkPercent\":0,");
-	CHECK_CONTAINS(s, "\"checkPercent\":6,"); /* waits at 1 byte/s, as above */
-	CHECK_CONTAINS(s, "\"resyncRateMax\":0,\"resyncRateMin\":1,");
+	std::string s = with_user_io(h, "check", "\"checkPercent\":6,");
+	CHECK_CONTAINS(s, "\"checkPercent\":18,"); /* waits at 1 byte/s, as above */
+	CHECK_CONTAINS(s, "\"resyncRateMax\":65536,\"resyncRateMin\":1,");
 	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "rate fast -"), "usage: rate MAX|- MIN|-");
 	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "rate - 0"), "must be above 0");
 	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "rate 1000000 2000000"), "--resync-min-rate 2 is above --resync-rate 1");
-	CHECK_CONTAINS(h.status(), "\"checkPercent\":6,"); /* nothing changed */
-	/* A new floor wakes the check where it waits: it goes on at once. */
-	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "rate - 1000000000"),
+	CHECK_CONTAINS(h.status(), "\"checkPercent\":18,"); /* nothing changed */
+	/* New rates wake the check where it waits: it goes on at once. */
+	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "rate 0 1000000000"),
 		       "resync at the legs' speed, 1000 MB/s while user IO is active");
 	for (int i = 0; i < 1000 && h.status().find("\"check\":\"done\"") == std::string::npos; i++)
 		usleep(1000);
@@ -677,16 +692,16 @@ TEST(mirror_resync_floor_is_the_min_rate_never_above_the_cap)
 	CHECK_EQ(resync_floor(1000000, 4000000), 1000000); /* a cap below the default floor */
 }
 
-TEST(mirror_a_resync_that_saw_user_io_goes_at_the_floor_and_says_so)
+TEST(mirror_a_resync_that_sees_user_io_goes_at_the_floor_and_says_so)
 {
 	int fd = memory_leg();
 	{
-		/* A floor of 1 byte/s: once it has seen user IO, the resync waits (until the stop) after one chunk;
-		 * with none, it would copy all 16 chunks at once. */
+		/* A floor of 1 byte/s: the chunk after the one the read came in waits (until the stop); at the cap
+		 * it would copy a chunk a second. */
 		legs_rig h("mirror", 2, {{"resync-min-rate", 1}});
-		std::string s = after_user_io(h, "add-leg " + std::to_string(fd) + " 0", "\"resyncCopied\":0,");
+		std::string s = with_user_io(h, "add-leg " + std::to_string(fd) + " 0", "\"resyncCopied\":65536,");
 		CHECK_CONTAINS(s, "\"legs\":\"in-sync,in-sync,resyncing\"");
-		CHECK_CONTAINS(s, "\"resyncCopied\":65536,");
+		CHECK_CONTAINS(s, "\"resyncCopied\":196608,");
 		CHECK_CONTAINS(s, "\"resyncYielding\":true");
 	}
 	close(fd);
