@@ -146,6 +146,13 @@ if (wanted('md')) {
       const o = ublkDevice(mirrorArgs(devs));
       return { ...o, name: `ublk-ts mirror, 2 loop legs (${o.d.mode})` };
     }), { key: 'mirror-md' });
+  // The hop a ublk server adds on one such leg (md adds none): how near md the mirror over these legs can be.
+  row('ublk-ts file over one loop leg', () => {
+    const f = image('file-loop', 456);
+    const dev = sh(`losetup --direct-io=on -f --show ${f}`);
+    const o = ublkDevice(['--target', 'file', '--file', dev]);
+    return { ...o, name: `ublk-ts file over one loop leg (${o.d.mode})`, cleanup: () => (o.cleanup(), sh(`losetup -d ${dev}`), dropImages([f])) };
+  }, { key: 'file-loop' });
 }
 if (wanted('null'))
   row('ublk-ts null', () => {
@@ -397,6 +404,9 @@ function mirrorRatios() {
     has('mirror-md') &&
       `mirror / md RAID1 (2 loop legs each, bitmap of 64 KiB chunks): ${JOBS.map((j, i) => `${j.name} ${ratio('mirror-md', 'md', i)}`).join(', ')} ` +
         '(bar ≥ 1.0× at 4k randread and randwrite)',
+    has('file-loop') &&
+      `the ublk hop on one such leg: file over one loop leg / the loop device: 4k randread ${ratio('file-loop', 'loop', 0)}, ` +
+        `4k randwrite ${ratio('file-loop', 'loop', 1)} (md over its legs adds no hop)`,
     // md can take no file: its legs are loop devices over the same kind of file the mirror takes itself.
     has('mirror') && has('md') &&
       `mirror over 2 files / md RAID1 over loop devices of 2 files: ${JOBS.map((j, i) => `${j.name} ${ratio('mirror', 'md', i)}`).join(', ')}`,
