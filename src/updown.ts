@@ -52,9 +52,8 @@ function select(entries: ConfigEntry[], names: readonly string[] | 'all', file: 
  * usually means that its filesystem is not mounted (yet), and a new file would land on the wrong one.
  */
 function requireExisting(serve: ConfiguredDevice['serve']): void {
-  const values = Object.values(serve.targetOptions).flatMap((v) => (Array.isArray(v) ? v : [v]));
-  for (const v of values)
-    if (typeof v === 'string' && v.startsWith('/') && !fs.existsSync(v))
+  for (const v of optionStrings(serve.targetOptions))
+    if (v.startsWith('/') && !fs.existsSync(v))
       throw new UserError(`${v} does not exist (up never creates a backing file; is its filesystem mounted?)`, 'backend');
 }
 
