@@ -149,6 +149,7 @@ static int load_bitmap(struct mirror *m, std::vector<found> &legs, const struct 
 	aligned buf(len);
 	if (!buf.p)
 		return -ENOMEM;
+	std::lock_guard<std::mutex> g(m->lock);
 	for (unsigned i = 0; i < m->n; i++) {
 		if (!legs[i].valid || legs[i].sb()->events != fresh->events)
 			continue;
@@ -157,7 +158,7 @@ static int load_bitmap(struct mirror *m, std::vector<found> &legs, const struct 
 		auto *bits = static_cast<const uint8_t *>(buf.p);
 		for (uint64_t c = 0; c < m->nr_chunks; c++)
 			if (bits[c / 8] & (1u << (c % 8)))
-				m->chunks[c].fetch_or(CHUNK_SET);
+				mirror_set_bit_locked(m, c);
 	}
 	return 0;
 }
@@ -205,7 +206,9 @@ int mirror_assemble(struct target *t, struct mirror *m)
 	if (ret < 0)
 		return ret;
 	uint64_t cap = std::max<uint64_t>(m->nr_chunks * GROW_FACTOR, GROW_MIN_CHUNKS);
-	if ((ret = m->chunks.reserve(cap, m->nr_chunks)) < 0 || (ret = m->idle.reserve(cap, m->nr_chunks)) < 0)
+	if ((ret = m->chunks.reserve(cap, m->nr_chunks)) < 0 || (ret = m->idle.reserve(cap, m->nr_chunks)) < 0 ||
+	    (ret = m->bm_words.reserve(bitmap_words(cap), bitmap_words(m->nr_chunks))) < 0 ||
+	    (ret = m->wanted.reserve(bitmap_words(cap), bitmap_words(m->nr_chunks))) < 0)
 		return ret;
 	if (!made && (ret = load_bitmap(m, legs, fresh)) < 0)
 		return ret;

@@ -7,9 +7,12 @@
  * One such write is in flight per mirror: two snapshots of a block in flight at once could land in
  * either order, and the older would unset a bit the newer made durable. A queue that finds another's in
  * flight waits for its end (a read of an eventfd on its own ring, written by the queue that finishes),
- * then finds its bits written or writes them itself. The sync thread's writes of the bitmap (clearing)
- * are synchronous under the mirror's lock, with every bit a write waits for in them, so their order
- * against these does not matter.
+ * then finds its bits written or writes them itself. The sync thread's and the verbs' writes of the
+ * bitmap are synchronous under the mirror's lock, taken when none of these is in flight
+ * (meta_lock_bitmap), and carry every bit a write waits for.
+ *
+ * A block is made from the bitmap's words (bm_words, and the wanted bits it takes): 512 words, whatever
+ * the chunks in it.
  */
 #include <errno.h>
 #include <liburing.h>
@@ -73,7 +76,7 @@ void bitmap_write(struct tq *tq, struct mirror *m, struct bitmap_q *bq, const ui
 		m->bm_writer = tq->q_id;
 		for (unsigned k = 0; k < n; k++) {
 			bq->blocks[k] = blocks[k];
-			meta_bitmap_block_locked(m, blocks[k], bq->buf + k * 4096);
+			meta_bitmap_block_locked(m, blocks[k], bq->buf + k * 4096, bq->taken[k]);
 		}
 		bq->nr_blocks = n;
 		bq->mask = m->writable.load();
@@ -112,10 +115,14 @@ static void bitmap_written(struct mirror *m, struct bitmap_q *bq)
 		}
 		if (dropped)
 			meta_write_sb_locked(m, false);
-		/* A leg that became writable meanwhile (add-leg) did not get it: written again next time. */
-		if (!bq->cancelled && !m->meta_error && !(m->writable.load() & ~bq->mask))
-			for (unsigned k = 0; k < bq->nr_blocks; k++)
-				meta_bitmap_written_locked(m, bq->blocks[k], bq->buf + k * 4096);
+		/* A leg that became writable meanwhile (a replace's new leg taking its slot) did not get it:
+		 * written again next time. */
+		bool landed = !bq->cancelled && !m->meta_error && !(m->writable.load() & ~bq->mask);
+		for (unsigned k = 0; k < bq->nr_blocks; k++)
+			if (landed)
+				meta_bitmap_written_locked(m, bq->blocks[k], bq->taken[k]);
+			else
+				meta_bitmap_untaken(m, bq->blocks[k], bq->taken[k]);
 		m->bm_writer = -1;
 		m->bm_idle.notify_all();
 		for (size_t q = 0; q < m->bm_waiting.size(); q++)

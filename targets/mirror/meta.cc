@@ -7,6 +7,7 @@
  * what each leg is (assemble.cc); an older leg is resynced: only the bitmap's chunks if no bit was cleared
  * since it was last written (its count is at least events_cleared), else every chunk.
  */
+#include <endian.h>
 #include <sys/uio.h>
 
 #include "meta.h"
@@ -79,35 +80,54 @@ again:
 	}
 }
 
-bool meta_bitmap_block_locked(struct mirror *m, uint64_t b, uint8_t *buf)
+bool meta_bitmap_block_locked(struct mirror *m, uint64_t b, uint8_t *buf, uint64_t *taken)
 {
-	const uint64_t per_block = BITMAP_BLOCK_CHUNKS;
+	uint64_t w0 = b * BITMAP_BLOCK_WORDS, end = std::min(m->bm_words.len, w0 + BITMAP_BLOCK_WORDS);
 	memset(buf, 0, META_ALIGN);
-	uint64_t end = std::min(m->nr_chunks.load(), (b + 1) * per_block);
-	bool wanted = false;
-	for (uint64_t c = b * per_block; c < end; c++) {
-		uint32_t w = m->chunks[c].load(std::memory_order_relaxed);
-		wanted |= w & CHUNK_WANT;
-		if (w & (CHUNK_SET | CHUNK_WANT))
-			buf[(c % per_block) / 8] |= (uint8_t)(1u << (c % 8));
+	memset(taken, 0, BITMAP_BLOCK_WORDS * sizeof(*taken));
+	bool any = false;
+	for (uint64_t w = w0; w < end; w++) {
+		/* The exchange only where a bit waits: most words have none. */
+		uint64_t t = m->wanted[w].load(std::memory_order_relaxed) ? m->wanted[w].exchange(0) : 0;
+		taken[w - w0] = t;
+		any |= t != 0;
+		m->bm_words[w] |= t;
+		uint64_t le = htole64(m->bm_words[w]);
+		memcpy(buf + (w - w0) * 8, &le, 8);
 	}
-	return wanted;
+	return any;
 }
 
-void meta_bitmap_written_locked(struct mirror *m, uint64_t b, const uint8_t *buf)
+void meta_bitmap_written_locked(struct mirror *m, uint64_t b, const uint64_t *taken)
 {
-	const uint64_t per_block = BITMAP_BLOCK_CHUNKS;
-	uint64_t end = std::min(m->nr_chunks.load(), (b + 1) * per_block);
-	for (uint64_t c = b * per_block; c < end; c++)
-		if (buf[(c % per_block) / 8] & (1u << (c % 8)) && (m->chunks[c].load(std::memory_order_relaxed) & CHUNK_WANT))
-			m->chunks[c].fetch_or(CHUNK_SET), m->chunks[c].fetch_and(~CHUNK_WANT);
+	for (unsigned k = 0; k < BITMAP_BLOCK_WORDS; k++)
+		for (uint64_t t = taken[k]; t; t &= t - 1) {
+			uint64_t c = (b * BITMAP_BLOCK_WORDS + k) * 64 + (uint64_t)__builtin_ctzll(t);
+			m->chunks[c].fetch_or(CHUNK_SET);
+			m->chunks[c].fetch_and(~CHUNK_WANT);
+		}
+}
+
+void meta_bitmap_untaken(struct mirror *m, uint64_t b, const uint64_t *taken)
+{
+	for (unsigned k = 0; k < BITMAP_BLOCK_WORDS; k++)
+		if (taken[k])
+			m->wanted[b * BITMAP_BLOCK_WORDS + k].fetch_or(taken[k]);
+}
+
+std::unique_lock<std::mutex> meta_lock_bitmap(struct mirror *m)
+{
+	std::unique_lock<std::mutex> lk(m->lock);
+	m->bm_idle.wait(lk, [m] { return m->bm_writer < 0; });
+	return lk;
 }
 
 void meta_write_bitmap_locked(struct mirror *m, uint64_t c0, uint64_t c1)
 {
 	auto *buf = static_cast<uint8_t *>(m->meta_buf);
+	uint64_t taken[BITMAP_BLOCK_WORDS];
 	for (uint64_t b = c0 / BITMAP_BLOCK_CHUNKS; b <= c1 / BITMAP_BLOCK_CHUNKS; b++) {
-		bool wanted = meta_bitmap_block_locked(m, b, buf);
+		bool wanted = meta_bitmap_block_locked(m, b, buf, taken);
 		uint32_t mask = m->writable.load();
 		bool dropped = false;
 		for (unsigned i = 0; i < m->n; i++) {
@@ -121,7 +141,7 @@ void meta_write_bitmap_locked(struct mirror *m, uint64_t c0, uint64_t c1)
 			meta_write_sb_locked(m, false);
 		/* What this write carried is durable now: the writes waiting for it may go. */
 		if (wanted && !m->meta_error)
-			meta_bitmap_written_locked(m, b, buf);
+			meta_bitmap_written_locked(m, b, taken);
 	}
 }
 

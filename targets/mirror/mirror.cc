@@ -150,7 +150,7 @@ static bool start_write(struct mirror *m, const struct request *req)
 	bool clean = false;
 	for (uint64_t c = c0; c <= c1; c++) {
 		if (!(m->chunks[c].fetch_add(CHUNK_WRITE) & CHUNK_SET)) {
-			m->chunks[c].fetch_or(CHUNK_WANT);
+			mirror_want(m, c);
 			clean = true;
 		}
 		m->idle[c].store(0, std::memory_order_relaxed);

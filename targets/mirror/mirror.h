@@ -174,6 +174,12 @@ struct mirror {
 	void *meta_buf = nullptr;           /* 4 KiB aligned scratch for metadata writes, under lock */
 	chunk_table<std::atomic<uint32_t>> chunks;
 	chunk_table<std::atomic<uint8_t>> idle; /* a sweep found the chunk idle; a write clears it */
+	/* The bitmap by words of 64 chunks, so that a bitmap write costs its block's 512 words, not a look at
+	 * each of its 32768 chunks: `bm_words`, under lock, as the legs have it or a write in flight carries
+	 * it (SET chunks, and WANT ones a write took); `wanted`, the WANT chunks no write took yet, set by the
+	 * queues without the lock and taken by the next write of their block. */
+	chunk_table<uint64_t> bm_words;
+	chunk_table<std::atomic<uint64_t>> wanted;
 
 	/* The sync thread. */
 	std::thread thread;
@@ -212,16 +218,41 @@ int leg_io(int fd, void *buf, size_t len, uint64_t off, int how);
 /* Under m->lock: bumps the event counter and writes every writable leg's superblock. A leg whose write
  * fails is marked failed (unless it is the last in-sync one). */
 void meta_write_sb_locked(struct mirror *m, bool clean);
-/* Under m->lock: writes the bitmap blocks holding chunks [c0, c1] to every writable leg; a bit a write
- * waits for (WANT) is in them, and SET once they are written. */
+/* Under m->lock, with no queue's bitmap write in flight (meta_lock_bitmap): writes the bitmap blocks
+ * holding chunks [c0, c1] to every writable leg; a bit a write waits for (WANT) is in them, and SET once
+ * they are written. */
 void meta_write_bitmap_locked(struct mirror *m, uint64_t c0, uint64_t c1);
-/* Chunks per bitmap block (4 KiB). */
+/* Chunks per bitmap block (4 KiB), and words of bm_words. */
 #define BITMAP_BLOCK_CHUNKS (4096u * 8)
-/* Under m->lock: bitmap block b as the legs should have it (SET and WANT bits) into buf; whether a bit
- * in it is wanted. */
-bool meta_bitmap_block_locked(struct mirror *m, uint64_t b, uint8_t *buf);
-/* Under m->lock: block b as in buf is on the legs: the wanted bits it carried are SET. */
-void meta_bitmap_written_locked(struct mirror *m, uint64_t b, const uint8_t *buf);
+#define BITMAP_BLOCK_WORDS (BITMAP_BLOCK_CHUNKS / 64)
+/* Words of a bitmap of nr_chunks bits. */
+static inline uint64_t bitmap_words(uint64_t nr_chunks)
+{
+	return (nr_chunks + 63) / 64;
+}
+/* Chunk c's write waits for its bit (WANT), without the lock. */
+static inline void mirror_want(struct mirror *m, uint64_t c)
+{
+	m->chunks[c].fetch_or(CHUNK_WANT);
+	m->wanted[c / 64].fetch_or(1ull << (c % 64));
+}
+/* Chunk c's bit (SET) as the legs have it, under m->lock: when the legs' bitmap is read. */
+static inline void mirror_set_bit_locked(struct mirror *m, uint64_t c)
+{
+	m->chunks[c].fetch_or(CHUNK_SET);
+	m->bm_words[c / 64] |= 1ull << (c % 64);
+}
+/* Under m->lock: bitmap block b as the legs should have it into buf, with the wanted bits no write took
+ * yet, which it takes into taken[BITMAP_BLOCK_WORDS]; whether it took any. */
+bool meta_bitmap_block_locked(struct mirror *m, uint64_t b, uint8_t *buf, uint64_t *taken);
+/* Under m->lock: block b is on the legs: the chunks whose bits it took are SET. */
+void meta_bitmap_written_locked(struct mirror *m, uint64_t b, const uint64_t *taken);
+/* Block b did not reach the legs: the bits it took are wanted again, by the next write. */
+void meta_bitmap_untaken(struct mirror *m, uint64_t b, const uint64_t *taken);
+/* m->lock, once no queue's bitmap write is in flight: a bitmap write under the lock (which blocks the
+ * next queue's) must not cross one, or the older snapshot could land last and unset a bit the newer one
+ * made durable. The verbs' writes of the bitmap wait here; the sweep tries again later. */
+std::unique_lock<std::mutex> meta_lock_bitmap(struct mirror *m);
 /* Under m->lock: a metadata write to leg i failed: the leg goes (true), unless it is the last in-sync one
  * (then meta_error). */
 bool meta_drop_on_error_locked(struct mirror *m, unsigned i, uint64_t off, int err);
@@ -261,6 +292,7 @@ int mirror_remove(struct mirror *m, unsigned i);
 struct bitmap_q {
 	uint8_t *buf = nullptr;           /* MAX_BM_BLOCKS blocks, aligned for O_DIRECT legs */
 	uint64_t blocks[MAX_BM_BLOCKS];
+	uint64_t taken[MAX_BM_BLOCKS][BITMAP_BLOCK_WORDS]; /* the wanted bits each block took */
 	unsigned nr_blocks = 0;
 	unsigned left = 0;                /* leg writes in flight */
 	uint32_t mask = 0;                /* the legs written */

@@ -119,10 +119,9 @@ int mirror_grow(struct mirror *m, uint64_t size, std::string *why)
 		if (ret < 0)
 			return (*why = "leg " + std::to_string(i + 1) + " cannot be grown: " + strerror(-ret), ret);
 	}
-	std::unique_lock<std::mutex> lk(m->lock);
-	/* A queue's bitmap write in flight goes where the bitmap was: let it land first (a new one waits for
-	 * the lock, and then sees the new place). */
-	m->bm_idle.wait(lk, [m] { return m->bm_writer < 0; });
+	/* A queue's bitmap write in flight goes where the bitmap was: it lands first (a new one waits for the
+	 * lock, and then sees the new place). */
+	std::unique_lock<std::mutex> lk = meta_lock_bitmap(m);
 	bool same = m->data_size == old && grow_refusal(m, size).empty();
 	for (unsigned i = 0; i < m->n && same; i++)
 		same = m->legs[i].state.load() == LEG_EMPTY ? !g[i].size : m->legs[i].bitmap_off == g[i].meta_from;
@@ -148,6 +147,10 @@ int mirror_grow(struct mirror *m, uint64_t size, std::string *why)
 	int ret = m->chunks.grow(chunks);
 	if (ret == 0)
 		ret = m->idle.grow(chunks);
+	if (ret == 0)
+		ret = m->bm_words.grow(bitmap_words(chunks));
+	if (ret == 0)
+		ret = m->wanted.grow(bitmap_words(chunks));
 	if (ret < 0)
 		return (*why = std::string("the bitmap cannot grow: ") + strerror(-ret), ret);
 	for (unsigned i = 0; i < m->n; i++) {
@@ -170,7 +173,7 @@ int mirror_readd(struct mirror *m, unsigned i)
 	found f;
 	if (!f.block.p)
 		return -ENOMEM;
-	std::lock_guard<std::mutex> g(m->lock);
+	std::unique_lock<std::mutex> lk = meta_lock_bitmap(m); /* it writes the bitmap */
 	uint8_t s = l->state.load();
 	if (s == LEG_IN_SYNC || s == LEG_RESYNC)
 		return 0;
@@ -218,7 +221,7 @@ int mirror_add_leg(struct mirror *m, int fd, bool block_discard, int replaces, s
 	int ret = leg_size(fd, &size);
 	if (ret < 0)
 		return (*why = std::string("the new leg cannot be sized: ") + strerror(-ret), ret);
-	std::lock_guard<std::mutex> g(m->lock);
+	std::unique_lock<std::mutex> lk = meta_lock_bitmap(m); /* it writes the bitmap */
 	unsigned j = m->n.load();
 	if (j >= MAX_LEGS)
 		return (*why = "a mirror has at most " + std::to_string(MAX_LEGS) + " slots", -ENOSPC);

@@ -339,39 +339,45 @@ static bool scrub_step(struct mirror *m, struct bufs &b, struct user_io_watch *w
 
 /* ---- bitmap clearing and checkpoints ---- */
 
-/* Once every leg is in sync, a set bit whose chunk two sweeps found idle is cleared. */
-static void sweep(struct mirror *m)
+/* Once every leg is in sync, a set bit whose chunk two sweeps found idle is cleared. False if a queue's
+ * bitmap write was in flight: the sweep writes the bitmap, and tries again on the thread's next turn. */
+static bool sweep(struct mirror *m)
 {
 	uint32_t present = 0;
 	for (unsigned i = 0; i < m->n; i++)
 		present |= m->legs[i].state.load() != LEG_EMPTY ? 1u << i : 0;
 	std::lock_guard<std::mutex> g(m->lock);
+	if (m->bm_writer >= 0)
+		return false;
 	if (m->readable.load() != present || m->meta_error)
-		return;
+		return true;
 	uint64_t lo = UINT64_MAX, hi = 0;
 	bool told = false;
-	for (uint64_t c = 0; c < m->nr_chunks; c++) {
-		uint32_t w = m->chunks[c].load();
-		if (!(w & CHUNK_SET))
-			continue;
-		if ((w & CHUNK_INFLIGHT) || !m->idle[c].exchange(1))
-			continue;
-		if (!told && m->events_cleared != m->events) {
-			/* A leg that stops getting writes from here on can no longer rely on the bitmap alone. */
-			m->events_cleared = m->events + 1;
-			meta_write_sb_locked(m, false);
-			if (m->readable.load() != present)
-				return; /* a leg failed writing it: its chunks' bits stay */
+	/* Only the chunks whose bits are set: by the bitmap's words. */
+	for (uint64_t k = 0; k < m->bm_words.len; k++)
+		for (uint64_t bits = m->bm_words[k]; bits; bits &= bits - 1) {
+			uint64_t c = k * 64 + (uint64_t)__builtin_ctzll(bits);
+			uint32_t w = m->chunks[c].load();
+			if (!(w & CHUNK_SET) || (w & CHUNK_INFLIGHT) || !m->idle[c].exchange(1))
+				continue;
+			if (!told && m->events_cleared != m->events) {
+				/* A leg that stops getting writes from here on can no longer rely on the bitmap alone. */
+				m->events_cleared = m->events + 1;
+				meta_write_sb_locked(m, false);
+				if (m->readable.load() != present)
+					return true; /* a leg failed writing it: its chunks' bits stay */
+			}
+			told = true;
+			/* A writer that comes now finds the bit clear and sets it again under this lock. */
+			if (m->chunks[c].compare_exchange_strong(w, w & ~CHUNK_SET)) {
+				m->bm_words[k] &= ~(1ull << (c % 64));
+				lo = std::min(lo, c);
+				hi = c;
+			}
 		}
-		told = true;
-		/* A writer that comes now finds the bit clear and sets it again under this lock. */
-		if (m->chunks[c].compare_exchange_strong(w, w & ~CHUNK_SET)) {
-			lo = std::min(lo, c);
-			hi = c;
-		}
-	}
 	if (lo != UINT64_MAX)
 		meta_write_bitmap_locked(m, lo, hi);
+	return true;
 }
 
 static void checkpoint(struct mirror *m, uint64_t *last)
@@ -417,10 +423,8 @@ static void sync_main(struct mirror *m)
 			checkpoint(m, &ckpt_sum);
 			last_ckpt = t;
 		}
-		if (t - last_sweep >= SWEEP_NS) {
-			sweep(m);
+		if (t - last_sweep >= SWEEP_NS && sweep(m))
 			last_sweep = t;
-		}
 		lk.lock();
 		if (!busy && !m->stop)
 			m->wake.wait_for(lk, std::chrono::seconds(1));

@@ -463,6 +463,45 @@ TEST(mirror_a_write_to_a_clean_chunk_has_its_bit_on_every_leg_before_its_members
 	h.answer_members(1);
 }
 
+/* A verb's write of the whole bitmap (re-add) waits for a queue's write of the block in flight: the
+ * queue's, an older picture, must not land after it and unset a bit the verb's made durable. */
+TEST(mirror_a_re_add_writes_the_bitmap_only_after_a_queues_bitmap_write_landed)
+{
+	legs_rig h("mirror", 2, {{"bitmap-chunk-shift", 12}}); /* 4 KiB chunks: 130 is in the bitmap's third word */
+	CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "fail 2"), "\"ok\":true");
+	h.harness::request(0, W, 3 << 12, 4096);
+	struct io_uring_sqe x = h.take(UD_TARGET); /* chunk 3's bit, to leg 1 */
+	CHECK_EQ(h.count(UD_TARGET), 0);
+	h.harness::request(1, W, 130 << 12, 4096); /* held until x has landed */
+	CHECK_EQ(h.count(UD_MEMBER), 0);
+	std::atomic<bool> done{false};
+	std::thread readd([&] {
+		CHECK_CONTAINS(h.ops->command(&h.dev.tgt, "re-add 2"), "\"ok\":true");
+		done = true;
+	});
+	for (int i = 0; i < 20 && !done; i++)
+		usleep(10000);
+	CHECK(!done);
+	CHECK_EQ(pwrite(h.k.files[x.fd], reinterpret_cast<void *>(x.addr), x.len, (off_t)x.off), 4096);
+	h.answer(x, 4096);
+	for (int i = 0; i < 2000 && !(done && h.count(UD_MEMBER, 1)); i++) {
+		h.write_bitmap();
+		usleep(1000);
+	}
+	readd.join();
+	CHECK(h.count(UD_MEMBER, 1) > 0);
+	for (int fd : h.mine) {
+		CHECK_EQ(bitmap_byte(fd), 1u << 3);
+		uint8_t b = 0;
+		CHECK_EQ(pread(fd, &b, 1, BITMAP_AT + 130 / 8), 1);
+		CHECK_EQ(b, 1u << (130 % 8));
+	}
+	h.answer_members(0);
+	h.answer_members(1);
+	CHECK_EQ(h.result(0), 4096);
+	CHECK_EQ(h.result(1), 4096);
+}
+
 TEST(mirror_a_leg_that_failed_is_resynced_by_the_next_mirror_over_the_same_legs)
 {
 	std::vector<int> fds = {memory_leg(), memory_leg()};
