@@ -137,6 +137,8 @@ function describeStatus(info: Record<string, unknown>): string {
     const { cap, floor } = rates(info);
     lines.push(`  rates: ${cap > 0 ? `at most ${cap / 1e6} MB/s` : "the legs' speed"}, ${floor / 1e6} MB/s while user IO is active`);
   }
+  if (info.bitmapDirty !== undefined)
+    lines.push(`  bitmap: ${String(info.bitmapDirty)} of ${String(info.bitmapBits)} chunks of ${Number(info.bitmapChunk) / 1024} KiB dirty`);
   if (info.syncNote) lines.push(`  last: ${String(info.syncNote)}`);
   return lines.join('\n');
 }

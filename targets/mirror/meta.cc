@@ -103,7 +103,7 @@ void meta_bitmap_written_locked(struct mirror *m, uint64_t b, const uint64_t *ta
 	for (unsigned k = 0; k < BITMAP_BLOCK_WORDS; k++)
 		for (uint64_t t = taken[k]; t; t &= t - 1) {
 			uint64_t c = (b * BITMAP_BLOCK_WORDS + k) * 64 + (uint64_t)__builtin_ctzll(t);
-			m->chunks[c].fetch_or(CHUNK_SET);
+			mirror_set_bit_locked(m, c); /* it is in bm_words since the block took it */
 			m->chunks[c].fetch_and(~CHUNK_WANT);
 		}
 }

@@ -180,6 +180,7 @@ struct mirror {
 	 * queues without the lock and taken by the next write of their block. */
 	chunk_table<uint64_t> bm_words;
 	chunk_table<std::atomic<uint64_t>> wanted;
+	std::atomic<uint64_t> dirty{0};     /* chunks whose bit is SET: written under lock, read by status() */
 
 	/* The sync thread. */
 	std::thread thread;
@@ -239,7 +240,8 @@ static inline void mirror_want(struct mirror *m, uint64_t c)
 /* Chunk c's bit (SET) as the legs have it, under m->lock: when the legs' bitmap is read. */
 static inline void mirror_set_bit_locked(struct mirror *m, uint64_t c)
 {
-	m->chunks[c].fetch_or(CHUNK_SET);
+	if (!(m->chunks[c].fetch_or(CHUNK_SET) & CHUNK_SET))
+		m->dirty.fetch_add(1, std::memory_order_relaxed);
 	m->bm_words[c / 64] |= 1ull << (c % 64);
 }
 /* Under m->lock: bitmap block b as the legs should have it into buf, with the wanted bits no write took

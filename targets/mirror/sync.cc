@@ -371,6 +371,7 @@ static bool sweep(struct mirror *m)
 			/* A writer that comes now finds the bit clear and sets it again under this lock. */
 			if (m->chunks[c].compare_exchange_strong(w, w & ~CHUNK_SET)) {
 				m->bm_words[k] &= ~(1ull << (c % 64));
+				m->dirty.fetch_sub(1, std::memory_order_relaxed);
 				lo = std::min(lo, c);
 				hi = c;
 			}

@@ -207,6 +207,7 @@ std::string mirror_status_json(struct mirror *m)
 	}
 	std::string out = "{\"mirror\":\"" + state + "\",\"legs\":\"" + legs + "\"" + why;
 	out += ",\"dataSize\":" + std::to_string(m->data_size) + ",\"bitmapChunk\":" + std::to_string(chunk_bytes(m)) +
+	       ",\"bitmapBits\":" + std::to_string(m->nr_chunks.load()) + ",\"bitmapDirty\":" + std::to_string(m->dirty.load()) +
 	       ",\"events\":" + std::to_string(m->events.load());
 	out += ",\"resyncCopied\":" + std::to_string(m->resync_copied.load());
 	/* The cap (0: none) and the floor (never above the cap when in use) the resync and the check go by

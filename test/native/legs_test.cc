@@ -452,10 +452,12 @@ static uint8_t bitmap_byte(int fd)
 TEST(mirror_a_write_to_a_clean_chunk_has_its_bit_on_every_leg_before_its_members_go)
 {
 	legs_rig h("mirror", 2);
+	CHECK_CONTAINS(h.status(), "\"bitmapBits\":16,\"bitmapDirty\":0,");
 	h.request(0, W, 3 * 65536 + 4096, 4096);
 	CHECK_EQ(h.legs_of(0), 0b11);
 	for (int fd : h.mine)
 		CHECK_EQ(bitmap_byte(fd), 1u << 3);
+	CHECK_CONTAINS(h.status(), "\"bitmapDirty\":1,");
 	h.answer_members(0);
 	CHECK_EQ(h.result(0), 4096);
 	h.request(1, W, 3 * 65536, 4096); /* a dirty chunk: no bitmap write, the members go at once */
@@ -490,6 +492,7 @@ TEST(mirror_a_re_add_writes_the_bitmap_only_after_a_queues_bitmap_write_landed)
 	}
 	readd.join();
 	CHECK(h.count(UD_MEMBER, 1) > 0);
+	CHECK_CONTAINS(h.status(), "\"bitmapDirty\":2,");
 	for (int fd : h.mine) {
 		CHECK_EQ(bitmap_byte(fd), 1u << 3);
 		uint8_t b = 0;
