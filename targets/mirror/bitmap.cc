@@ -7,9 +7,9 @@
  * One such write is in flight per mirror: two snapshots of a block in flight at once could land in
  * either order, and the older would unset a bit the newer made durable. A queue that finds another's in
  * flight waits for its end (a read of an eventfd on its own ring, written by the queue that finishes),
- * then finds its bits written or writes them itself. The sync thread's and the verbs' writes of the
- * bitmap are synchronous under the mirror's lock, taken when none of these is in flight
- * (meta_lock_bitmap), and carry every bit a write waits for.
+ * then finds its bits written or writes them itself. The verbs' and the sweep's writes of the bitmap
+ * are synchronous under the mirror's lock, taken only when none of these is in flight (the verbs wait in
+ * meta_lock_bitmap, the sweep skips its turn), and carry every bit a write waits for.
  *
  * A block is made from the bitmap's words (bm_words, and the wanted bits it takes): 512 words, whatever
  * the chunks in it.
